@@ -1,0 +1,43 @@
+# Two commands do everything: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lab bench export notebooks system-deps clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+## run: export build/scn.onnx from the built-in synthetic scene, then execute the notebooks into build/
+run: export notebooks
+
+export: $(STAMP)
+	$(PY) -m helpers.export --out build/scn.onnx --save-tensors build/tensors
+
+notebooks: $(STAMP)
+	$(PY) tools/execute_notebooks.py --out build
+
+## test: every test, notebooks and the browser test included
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+## lab: JupyterLab on notebooks/
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+## bench: speed and memory figures (see docs/BENCHMARKS.md)
+bench: $(STAMP)
+	$(PY) -m helpers.bench
+
+## system-deps: Chromium for the browser test (installed with apt-get when we are root)
+system-deps:
+	@bash tools/install-system-deps.sh
+
+clean:
+	rm -rf build
