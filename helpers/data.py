@@ -1,0 +1,268 @@
+"""Lidar points in, sparse voxels out: reading scans, a synthetic street scene, the voxelizer.
+
+Every point cloud in the workbook is a float32 array of shape [N, 5] with the columns
+x, y, z (metres, ego frame), intensity (0-255) and time-lag (seconds since the key frame).
+`voxelize` reproduces BEVFusion's hard voxelizer, and `to_sparse_tensor` wraps its output
+for spconv.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import spconv.pytorch as spconv
+import torch
+
+from helpers.errors import WorkbookError
+
+SCENES = {"default": 60000, "full": 270000}  # point counts: about 2 sweeps, and 10 merged sweeps
+
+
+# ----------------------------------------------------------------------------- reading files
+def read_points(path, columns=None) -> np.ndarray:
+    """Read a lidar scan from a .bin (raw float32 rows) or .npy file into a float32 [N, 5] array.
+
+    columns=None means 5 columns (nuScenes: x, y, z, intensity, time-lag); columns=4 reads a
+    KITTI scan (x, y, z, reflectance) and appends a zero time-lag column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbookError(f"{path}: file not found; expected a .bin or .npy lidar scan; check the path")
+    if path.suffix == ".bin":
+        n_columns = 5 if columns is None else columns
+        if n_columns not in (4, 5):
+            raise WorkbookError(f"{path}: columns={columns!r} is not supported; expected 4 (KITTI) or 5 (nuScenes)")
+        row_bytes = 4 * n_columns  # one float32 per column
+        size = path.stat().st_size
+        if size % row_bytes != 0:
+            raise WorkbookError(f"{path}: {size} bytes is not a multiple of the {row_bytes}-byte row of "
+                                f"{n_columns} float32 columns; for a KITTI scan (x, y, z, reflectance) pass columns=4")
+        points = np.fromfile(path, dtype=np.float32).reshape(-1, n_columns)  # [N, 4 or 5]
+    elif path.suffix == ".npy":
+        try:
+            points = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise WorkbookError(f"{path}: not a readable .npy array ({error}); re-save it with np.save") from None
+        if points.ndim != 2 or points.shape[1] not in (4, 5) or not np.issubdtype(points.dtype, np.floating):
+            raise WorkbookError(f"{path}: holds a {points.dtype} array of shape {points.shape}; expected a 2-D "
+                                f"float array with 4 or 5 columns (x, y, z, intensity[, time-lag]); re-save it as [N, 5]")
+        if columns is not None and points.shape[1] != columns:
+            raise WorkbookError(f"{path}: has {points.shape[1]} columns but columns={columns} was asked for; "
+                                f"leave columns=None for .npy files")
+        points = points.astype(np.float32)  # [N, 4 or 5]
+    else:
+        raise WorkbookError(f"{path}: unsupported file type {path.suffix!r}; expected .bin (float32 rows) or .npy; "
+                            f"convert the scan with np.save(path, points)")
+
+    if len(points) == 0:
+        raise WorkbookError(f"{path}: contains zero points; expected a non-empty lidar scan; check the file")
+    bad_rows = int((~np.isfinite(points).all(axis=1)).sum())
+    if bad_rows:
+        raise WorkbookError(f"{path}: {bad_rows} of {len(points)} rows contain NaN or Inf; expected finite values; "
+                            f"drop them with points[np.isfinite(points).all(axis=1)]")
+    if points.shape[1] == 4:  # KITTI: no time-lag, every point belongs to the key frame
+        points = np.concatenate([points, np.zeros((len(points), 1), np.float32)], axis=1)  # [N, 5]
+    return np.ascontiguousarray(points)
+
+
+# ----------------------------------------------------------------------------- synthetic scene
+BEAM_ELEVATIONS_DEG = np.linspace(-30.0, 10.0, 32)  # a 32-beam spinning lidar, like nuScenes' HDL-32E
+MAX_RANGE = 70.0  # metres; farther hits are not returned
+EGO_SPEED = 5.0  # m/s along +x; older sweeps were taken from further back
+SWEEP_PERIOD = 0.05  # seconds between sweeps (20 Hz)
+POINTS_PER_SWEEP = 27000  # one sweep of the synthetic lidar returns about this many points
+# surface types: mean and spread of intensity
+GROUND, WALL, CAR, POLE, CROWN = range(5)
+INTENSITY_MEAN = np.array([12.0, 45.0, 90.0, 130.0, 25.0])
+INTENSITY_SPREAD = np.array([6.0, 15.0, 50.0, 25.0, 10.0])
+
+
+def _make_world(rng) -> dict:
+    """Random street layout: sloped ground, building walls on both sides, cars, poles, trees."""
+    slope_x, slope_y = rng.normal(0.0, 0.004, size=2)  # mild slope of the ground plane
+
+    def ground_z(x, y):  # the sensor is 1.8 m above the ground
+        return -1.8 + slope_x * x + slope_y * y
+
+    buildings, boxes, cylinders, spheres = [], [], [], []
+    for side in (1.0, -1.0):
+        wall_y = side * rng.uniform(9.0, 12.0)  # building fronts along the street
+        x = -80.0
+        while x < 80.0:  # a row of buildings with alleys between them
+            length, height = rng.uniform(8.0, 25.0), rng.uniform(5.0, 14.0)
+            buildings.append((wall_y, x, x + length, height))  # (y, x_start, x_end, height)
+            x += length + rng.uniform(0.0, 4.0)
+        for x in np.arange(-60.0, 60.0, 7.0) + rng.uniform(0.0, 3.0):  # parked cars and poles
+            y = wall_y - side * 4.2
+            if rng.uniform() < 0.5:
+                boxes.append((x, y, x + 4.5, y + 1.8, ground_z(x, y), ground_z(x, y) + 1.5))
+            if rng.uniform() < 0.25:  # a pole: cylinder (x, y, radius, z_bottom, z_top)
+                cylinders.append((x, wall_y - side, 0.12, ground_z(x, wall_y), ground_z(x, wall_y) + rng.uniform(5, 8)))
+            elif rng.uniform() < 0.3:  # a tree: trunk cylinder plus a round crown
+                top, radius = ground_z(x, wall_y) + rng.uniform(2.5, 3.5), rng.uniform(1.5, 2.5)
+                cylinders.append((x, wall_y - side * 1.5, 0.2, top - 3.5, top))
+                spheres.append((x, wall_y - side * 1.5, top + 0.6 * radius, radius))
+    for x in rng.uniform(10.0, 50.0, size=3) * rng.choice([-1.0, 1.0], size=3):  # cars in the lanes
+        y = rng.choice([-0.9, 2.6])
+        boxes.append((x, y, x + 4.5, y + 1.8, ground_z(x, y), ground_z(x, y) + 1.5))
+    return {"slope": (slope_x, slope_y), "buildings": np.array(buildings), "boxes": np.array(boxes).reshape(-1, 6),
+            "cylinders": np.array(cylinders).reshape(-1, 5), "spheres": np.array(spheres).reshape(-1, 4)}
+
+
+def _cast_sweep(world, origin, n_azimuth, azimuth_offset, rng) -> np.ndarray:
+    """Cast one 360-degree sweep of rays from `origin`; return the nearest hits as [K, 4] (x, y, z, intensity)."""
+    azimuth = azimuth_offset + np.arange(n_azimuth) * (2 * np.pi / n_azimuth)  # [A]
+    azimuth, elevation = np.meshgrid(azimuth, np.radians(BEAM_ELEVATIONS_DEG), indexing="ij")  # [A, 32] each
+    dirs = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                     np.sin(elevation)], axis=-1).reshape(-1, 3)  # [R, 3] unit vectors, R = A * 32
+    ox, oy, oz = origin
+    hits = np.full((len(dirs), 5), np.inf)  # [R, 5] distance to each surface type, inf = missed
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope_x, slope_y = world["slope"]  # ground plane z = -1.8 + slope_x * x + slope_y * y
+        t = (-1.8 + slope_x * ox + slope_y * oy - oz) / (dirs[:, 2] - slope_x * dirs[:, 0] - slope_y * dirs[:, 1])
+        hits[:, GROUND] = np.where(t > 0, t, np.inf)
+        for wall_y, x0, x1, height in world["buildings"]:  # ray-plane with y = wall_y
+            t = (wall_y - oy) / dirs[:, 1]
+            x, z = ox + t * dirs[:, 0], oz + t * dirs[:, 2]
+            inside = (t > 0) & (x >= x0) & (x < x1) & (z < height)
+            hits[:, WALL] = np.minimum(hits[:, WALL], np.where(inside, t, np.inf))
+        boxes = world["boxes"]  # [B, 6] = x0, y0, x1, y1, z0, z1; slab test
+        inverse = 1.0 / dirs  # [R, 3]
+        t_lo = (boxes[None, :, [0, 1, 4]] - origin) * inverse[:, None, :]  # [R, B, 3]
+        t_hi = (boxes[None, :, [2, 3, 5]] - origin) * inverse[:, None, :]  # [R, B, 3]
+        t_near = np.minimum(t_lo, t_hi).max(axis=2)  # [R, B]
+        t_far = np.maximum(t_lo, t_hi).min(axis=2)  # [R, B]
+        hits[:, CAR] = np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf).min(axis=1)
+        cyl = world["cylinders"]  # [C, 5] = x, y, radius, z_bottom, z_top; vertical cylinders
+        centre = cyl[:, :2] - origin[:2]  # [C, 2]
+        a = (dirs[:, :2] ** 2).sum(axis=1)[:, None]  # [R, 1]
+        b = dirs[:, :2] @ centre.T  # [R, C]
+        t = (b - np.sqrt(b ** 2 - a * ((centre ** 2).sum(axis=1) - cyl[:, 2] ** 2))) / a  # [R, C], NaN = missed
+        z = oz + t * dirs[:, 2:3]  # [R, C]
+        hits[:, POLE] = np.where((t > 0) & (z >= cyl[:, 3]) & (z <= cyl[:, 4]), t, np.inf).min(axis=1)
+        centre = world["spheres"][:, :3] - origin  # [S, 3]; tree crowns
+        b = dirs @ centre.T  # [R, S]
+        t = b - np.sqrt(b ** 2 - (centre ** 2).sum(axis=1) + world["spheres"][:, 3] ** 2)  # [R, S]
+        hits[:, CROWN] = np.where(t > 0, t, np.inf).min(axis=1)
+    surface = hits.argmin(axis=1)  # [R] nearest surface type
+    distance = hits.min(axis=1)  # [R]
+    keep = (distance > 1.0) & (distance <= MAX_RANGE)  # sky and far hits return nothing
+    surface, distance, dirs = surface[keep], distance[keep], dirs[keep]
+    distance = distance + rng.normal(0.0, 0.02, size=len(distance))  # 2 cm range noise
+    xyz = origin + distance[:, None] * dirs  # [K, 3]
+    intensity = INTENSITY_MEAN[surface] + INTENSITY_SPREAD[surface] * rng.normal(size=len(surface))
+    intensity = np.round(np.clip(intensity, 0, 255))  # [K]
+    return np.concatenate([xyz, intensity[:, None]], axis=1)  # [K, 4]
+
+
+def synthetic_scene(n_points: int = 60000, seed: int = 0) -> np.ndarray:
+    """A deterministic synthetic street scan as float32 [n_points, 5], made by ray casting.
+
+    Large requests merge several sweeps (up to 10, 0.05 s apart, taken while the car drove
+    along +x), like nuScenes' 10-sweep input; the time-lag column says which sweep a point is from.
+    """
+    if n_points < 1:
+        raise WorkbookError(f"n_points={n_points} is too small; expected a positive point count such as 60000")
+    rng = np.random.default_rng(seed)
+    world = _make_world(rng)
+    n_sweeps = min(10, math.ceil(n_points / POINTS_PER_SWEEP))
+    probe = _cast_sweep(world, np.zeros(3), 360, 0.0, rng)  # a coarse sweep measures the hit rate
+    hit_rate = len(probe) / (360 * len(BEAM_ELEVATIONS_DEG))
+    n_azimuth = math.ceil(1.05 * n_points / (n_sweeps * len(BEAM_ELEVATIONS_DEG) * hit_rate))  # 5% spare
+    sweeps = []
+    for k in range(n_sweeps):
+        time_lag = k * SWEEP_PERIOD
+        origin = np.array([-EGO_SPEED * time_lag, 0.0, 0.0])  # the sensor was further back then
+        hits = _cast_sweep(world, origin, n_azimuth, rng.uniform(0, 2 * np.pi / n_azimuth), rng)  # [K, 4]
+        sweeps.append(np.concatenate([hits, np.full((len(hits), 1), time_lag)], axis=1))  # [K, 5]
+    points = np.concatenate(sweeps)  # [about 1.05 * n_points, 5]
+    if len(points) > n_points:  # random dropouts trim the spare points, keeping the scan order
+        points = points[np.sort(rng.choice(len(points), n_points, replace=False))]
+    return points.astype(np.float32)
+
+
+def make_scene(name: str = "default", seed: int = 0) -> np.ndarray:
+    """A named synthetic scene from SCENES: 'default' (60,000 points) or 'full' (270,000)."""
+    if name not in SCENES:
+        raise WorkbookError(f"unknown scene {name!r}; expected one of {sorted(SCENES)}")
+    return synthetic_scene(SCENES[name], seed)
+
+
+# ----------------------------------------------------------------------------- voxelizer
+def _grid_counts(cfg) -> list:
+    """Voxels inside point_range along x, y, z, e.g. [1440, 1440, 40] (z has no +1 here)."""
+    lo, hi = cfg.point_range[:3], cfg.point_range[3:]
+    return [round((h - l) / s) for l, h, s in zip(lo, hi, cfg.voxel_size)]
+
+
+def _voxel_index(points: torch.Tensor, cfg):
+    """Float32 voxel index of every point, [N, 3] (x, y, z), and whether it lies in the grid, [N]."""
+    lo = torch.tensor(cfg.point_range[:3], dtype=torch.float32, device=points.device)  # [3]
+    size = torch.tensor(cfg.voxel_size, dtype=torch.float32, device=points.device)  # [3]
+    grid = torch.tensor(_grid_counts(cfg), dtype=torch.float32, device=points.device)  # [3]
+    # float32 division, exactly like BEVFusion's CUDA kernel floorf((p - min) / size): float64 maths
+    # would put points lying on voxel edges into the neighbouring voxel
+    index = torch.floor((points[:, :3].float() - lo) / size)  # [N, 3]
+    inside = ((index >= 0) & (index < grid)).all(dim=1)  # [N]; NaN compares False, so it is outside
+    return index, inside
+
+
+def _as_tensor(points) -> torch.Tensor:
+    """Points as a float32 torch tensor [N, C] on their own device (numpy arrays go to the CPU)."""
+    tensor = points if isinstance(points, torch.Tensor) else torch.as_tensor(np.asarray(points))
+    if tensor.ndim != 2 or tensor.shape[1] < 3:
+        raise WorkbookError(f"points of shape {tuple(tensor.shape)} cannot be voxelized; expected [N, 5]")
+    return tensor.float()  # float64 input is rounded to float32 first, as BEVFusion sees it
+
+
+def count_in_range(points, cfg) -> int:
+    """How many points fall inside cfg.point_range (that is, into a voxel of the grid)."""
+    return int(_voxel_index(_as_tensor(points), cfg)[1].sum())
+
+
+def voxelize(points, cfg):
+    """BEVFusion's hard voxelizer: voxels float32 [M, 5] (mean of up to max_points_per_voxel points)
+    and coords int32 [M, 4] = (0, x, y, z), or (0, z, y, x) for cfg.layout == 'zyx'.
+
+    Voxels come in the order their first point appears; numpy in gives numpy out, a torch tensor
+    gives torch tensors on its device.
+    """
+    is_numpy = not isinstance(points, torch.Tensor)
+    points = _as_tensor(points)  # [N, C]
+    index, inside = _voxel_index(points, cfg)  # [N, 3], [N]
+    if not bool(inside.any()):
+        raise WorkbookError(f"none of the {len(points)} points lies inside point_range {tuple(cfg.point_range)} m; "
+                            f"expected metres in the ego frame; check the units and the coordinate frame")
+    points, index = points[inside], index[inside].long()  # [K, C], [K, 3]
+    n_x, n_y, _ = _grid_counts(cfg)
+    key = (index[:, 2] * n_y + index[:, 1]) * n_x + index[:, 0]  # [K] one number per voxel
+    unique_keys, voxel_of_point = torch.unique(key, return_inverse=True)  # [U], [K] (sorted by key)
+    point_number = torch.arange(len(key), device=key.device)  # [K]
+    first_point = torch.full_like(unique_keys, len(key)).scatter_reduce(
+        0, voxel_of_point, point_number, reduce="amin")  # [U] first point of each voxel
+    first_point, order = torch.sort(first_point)  # [U] voxels in order of first appearance
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=key.device))  # [U]
+    voxel_id = rank[voxel_of_point]  # [K] 0 = the voxel seen first
+    # position of each point inside its voxel (0 for its first point), from a stable sort by voxel
+    sorted_id, by_voxel = torch.sort(voxel_id, stable=True)  # [K], [K]
+    counts = torch.bincount(voxel_id, minlength=len(order))  # [U] points per voxel
+    starts = torch.cumsum(counts, dim=0) - counts  # [U] where each voxel begins in the sorted list
+    slot = torch.empty_like(voxel_id)
+    slot[by_voxel] = point_number - starts[sorted_id]  # [K]
+    n_voxels = min(len(order), cfg.max_voxels)
+    keep = (slot < cfg.max_points_per_voxel) & (voxel_id < n_voxels)  # [K]
+    sums = torch.zeros(n_voxels, points.shape[1], dtype=torch.float32, device=points.device)  # [M, C]
+    sums.index_add_(0, voxel_id[keep], points[keep])
+    kept = torch.bincount(voxel_id[keep], minlength=n_voxels)  # [M] points averaged per voxel
+    voxels = sums / kept[:, None].float()  # [M, C]
+    xyz = index[first_point[:n_voxels]]  # [M, 3] voxel index of each voxel's first point
+    if cfg.layout == "zyx":
+        xyz = xyz.flip(1)  # (z, y, x)
+    coords = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], dim=1).int()  # [M, 4]
+    return (voxels.numpy(), coords.numpy()) if is_numpy else (voxels, coords)
+
+
+def to_sparse_tensor(voxels, coords, cfg, device="cpu", dtype=torch.float32):
+    """Wrap voxelize's output as an spconv SparseConvTensor (batch size 1) on `device`."""
+    features = torch.as_tensor(voxels).to(device=device, dtype=dtype)  # [M, 5]
+    indices = torch.as_tensor(coords).to(device=device, dtype=torch.int32)  # [M, 4]
+    return spconv.SparseConvTensor(features, indices, spatial_shape=cfg.sparse_shape, batch_size=1)
