@@ -1,0 +1,105 @@
+"""One handler per op: each writes the ONNX node that NVIDIA's sparse-conv engine reads.
+
+Every handler has the same shape: `handler(tracer, output, self, *args)` runs after the original
+method, looks up the names of its inputs, names its output and records one node.
+The attribute names and values are those of design/ONNX_CONTRACT.md.
+"""
+import spconv.pytorch as spconv
+import torch
+from torch import nn
+
+from helpers import quantize
+from helpers.model import ResidualAdd
+from helpers.quantize import QuantAdd, QuantSparseConv
+from helpers.tracing import Registry, Tracer
+
+REGISTRY = Registry()
+
+
+def conv_output_shape(conv, shape):
+    """Spatial shape after a sparse conv, per axis, from kernel, stride, padding and dilation."""
+    if conv.subm:
+        return list(shape)  # submanifold convs keep the active sites and the grid
+    out = []
+    for n, k, s, p, d, op in zip(shape, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                 conv.output_padding):
+        if conv.transposed:
+            out.append((n - 1) * s - 2 * p + d * (k - 1) + op + 1)
+        else:
+            out.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
+    return out
+
+
+@REGISTRY.register(QuantSparseConv, "forward")
+def sparse_convolution(tracer: Tracer, y: spconv.SparseConvTensor, conv: QuantSparseConv,
+                       x: spconv.SparseConvTensor):
+    index = tracer.next_index("SparseConvolution")
+    path = tracer.module_name(conv)
+    out_shape = conv_output_shape(conv, x.spatial_shape)
+    assert out_shape == list(y.spatial_shape), f"{path}: spconv made {list(y.spatial_shape)}, formula {out_shape}"
+    inputs = [tracer.tensor_id(x.features, path),
+              tracer.add_initializer(f"spconv{index}.weight", conv.weight),  # [Cout, k0, k1, k2, Cin]
+              tracer.add_initializer(f"spconv{index}.bias", conv.bias)]  # [Cout], BatchNorm folded in
+    attributes = dict(
+        ndim=conv.ndim, input_spatial_shape=list(x.spatial_shape), output_spatial_shape=out_shape,
+        in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=list(conv.kernel_size),
+        stride=list(conv.stride), padding=list(conv.padding), dilation=list(conv.dilation),
+        output_padding=list(conv.output_padding), subm=int(conv.subm), transposed=int(conv.transposed),
+        inverse=int(conv.inverse), groups=conv.groups, output_bound=tracer.output_bound,
+        rulebook=conv.indice_key or (f"subm_{path}" if conv.subm else ""),  # never empty for subm
+        activation=conv.activation, input_shape=list(x.features.shape), output_shape=list(y.features.shape),
+        precision=conv.precision, output_precision=conv.output_precision)
+    if tracer.int8:
+        attributes["input_dynamic_range"] = quantize.input_dynamic_range(conv)
+        attributes["weight_dynamic_ranges"] = quantize.weight_dynamic_ranges(conv)  # one per output channel
+    tracer.add_node("SparseConvolution", inputs, y.features, attributes, index=index, module=path,
+                    spatial=(list(x.spatial_shape), out_shape), voxels=(x.features.shape[0], y.features.shape[0]))
+
+
+@REGISTRY.register(QuantAdd, "forward")
+@REGISTRY.register(ResidualAdd, "forward")
+def add(tracer: Tracer, y: torch.Tensor, module: nn.Module, branch: torch.Tensor, identity: torch.Tensor):
+    path = tracer.module_name(module)
+    inputs = [tracer.tensor_id(branch, path), tracer.tensor_id(identity, path)]
+    attributes = dict(precision=getattr(module, "precision", "fp16"),
+                      output_precision=getattr(module, "output_precision", "fp16"))
+    if tracer.int8 and isinstance(module, QuantAdd):
+        amax = quantize.add_dynamic_range(module)  # one quantizer serves both inputs
+        attributes.update(input0_dynamic_range=amax, input1_dynamic_range=amax)
+    tracer.add_node("Add", inputs, y, attributes, module=path)
+
+
+@REGISTRY.register(nn.ReLU, "forward")
+def relu(tracer: Tracer, y: torch.Tensor, module: nn.ReLU, x: torch.Tensor):
+    path = tracer.module_name(module)
+    tracer.add_node("Relu", [tracer.tensor_id(x, path)], y, {}, module=path)
+
+
+@REGISTRY.register(spconv.SparseConvTensor, "dense")
+def scatter_dense(tracer: Tracer, y: torch.Tensor, x: spconv.SparseConvTensor, channels_first: bool = True):
+    attributes = dict(input_spatial_shape=list(x.spatial_shape), format=tracer.layout, output_shape=list(y.shape))
+    tracer.add_node("ScatterDense", [tracer.tensor_id(x.features, "dense()")], y, attributes,
+                    spatial=(list(x.spatial_shape), list(y.shape)))
+
+
+def dims_of(args) -> list:
+    """permute(0, 1, 4, 2, 3) and permute((0, 1, 4, 2, 3)) both mean [0, 1, 4, 2, 3]."""
+    return list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else list(args)
+
+
+@REGISTRY.register(torch.Tensor, "permute")
+def transpose(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *dims):
+    if tracer.knows(x):  # permutes of tensors outside the network are not part of the graph
+        tracer.add_node("Transpose", [tracer.tensor_id(x)], y, dict(dims=dims_of(dims)))
+
+
+@REGISTRY.register(torch.Tensor, "reshape")
+@REGISTRY.register(torch.Tensor, "view")
+def reshape(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *shape):
+    if tracer.knows(x):
+        tracer.add_node("Reshape", [tracer.tensor_id(x)], y, dict(dims=list(y.shape)))  # -1 resolved
+
+
+@REGISTRY.register(torch.Tensor, "contiguous")
+def contiguous(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *args, **kwargs):
+    tracer.alias(y, x)  # a memory-layout copy: same values, same name, no node

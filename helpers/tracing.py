@@ -1,0 +1,196 @@
+"""Record the ops a network runs, node by node, by patching chosen methods inside `with tracing(...)`.
+
+Three pieces, each small:
+    Registry  - `@registry.register(Class, "method")` binds a handler to a method; nothing is patched yet.
+    Tracer    - the trace state: nodes, initializers, the obj_to_tensor_id map, a keep-alive list and
+                one counter per op type. It lives on an object, so two traces never share state.
+    tracing() - patches every registered method for the duration of a `with` block and puts every
+                original back on exit, in reverse order, also when the traced code raises.
+A handler has the signature `handler(tracer, output, self, *args, **kwargs)`: it is called after the
+original method ran and writes one node (or none) describing what happened.
+"""
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from helpers.errors import WorkbookError
+
+# ONNX op type -> prefix of its node names: conv0, conv1, add0, relu0, scatter0, ...
+NODE_PREFIX = {"SparseConvolution": "conv", "Add": "add", "Relu": "relu", "ScatterDense": "scatter",
+               "Transpose": "transpose", "Reshape": "reshape"}
+
+
+@dataclass
+class Patch:
+    """One registered method: `owner.name` is replaced by a wrapper that calls `handler`."""
+    owner: type
+    name: str
+    handler: Callable
+
+
+class Registry:
+    """An ordered table of (class, method) -> handler, filled by a decorator factory."""
+
+    def __init__(self):
+        self.patches: List[Patch] = []
+
+    def register(self, owner: type, name: str):
+        """`@registry.register(nn.ReLU, "forward")` records the handler and returns it unchanged."""
+        def decorator(handler: Callable) -> Callable:
+            self.patches.append(Patch(owner, name, handler))
+            return handler
+        return decorator
+
+    def handled_types(self) -> tuple:
+        return tuple(p.owner for p in self.patches if p.name == "forward")
+
+
+@dataclass
+class Node:
+    """One recorded op: what the ONNX node will hold, plus `info` for people (module path, shapes)."""
+    op: str
+    name: str
+    inputs: List[str]
+    outputs: List[str]
+    attributes: Dict[str, Any] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self):
+        """e.g. `conv5  SparseConvolution  9 -> 10  [1440, 1440, 41] -> [720, 720, 21]  encoder_layers...`"""
+        tensors = [i for i in self.inputs if i.isdigit()]  # weights and biases are initializers, not tensors
+        line = f"{self.name:<11} {self.op:<17} {','.join(tensors):>5} -> {','.join(self.outputs):<3}"
+        if "spatial" in self.info:
+            line += f"  {self.info['spatial'][0]} -> {self.info['spatial'][1]}"
+        if "voxels" in self.info:
+            line += f"  {self.info['voxels'][0]} -> {self.info['voxels'][1]} voxels"
+        return line + (f"  {self.info['module']}" if self.info.get("module") else "")
+
+
+class Tracer:
+    """The state of one trace. `on_node(node, output)` is called as each node is recorded."""
+
+    def __init__(self, model: Optional[nn.Module] = None, on_node: Optional[Callable] = None, int8: bool = False,
+                 layout: str = "xyz", output_bound: int = 200000):
+        self.nodes: List[Node] = []
+        self.initializers: Dict[str, torch.Tensor] = {}  # name -> tensor, turned into fp16 bytes later
+        self.obj_to_tensor_id: Dict[int, str] = {}  # id(tensor) -> "0", "1", ...
+        self.tensor_count = 0  # names given so far
+        self.keep_alive: List[torch.Tensor] = []  # holds every named tensor so its id() is never reused
+        self.counters: Counter = Counter()  # one counter per op type: conv0, conv1, add0, ...
+        self.module_names = {id(m): n for n, m in model.named_modules()} if model is not None else {}
+        self.on_node = on_node
+        self.int8 = int8  # write the dynamic-range attributes of int8 layers
+        self.layout = layout  # "xyz" or "zyx": the ScatterDense format
+        self.output_bound = output_bound  # the engine's cap on output voxels of each conv
+        self.busy = False  # re-entrancy guard: True while a traced op runs
+
+    def new_tensor(self, tensor: torch.Tensor) -> str:
+        """Give a tensor the next name, "0", "1", ... in trace order."""
+        name = str(self.tensor_count)
+        self.tensor_count += 1
+        self.obj_to_tensor_id[id(tensor)] = name
+        self.keep_alive.append(tensor)
+        return name
+
+    def alias(self, new: torch.Tensor, old: torch.Tensor):
+        """`new` carries the same values as `old` (a .contiguous() copy): same name, no node."""
+        if new is not old and self.knows(old):
+            self.obj_to_tensor_id[id(new)] = self.obj_to_tensor_id[id(old)]
+            self.keep_alive.append(new)
+
+    def knows(self, tensor) -> bool:
+        return id(tensor) in self.obj_to_tensor_id
+
+    def tensor_id(self, tensor: torch.Tensor, user: str = "an op") -> str:
+        """The name of a tensor seen before; an unknown tensor means an op ran untraced."""
+        if not self.knows(tensor):
+            raise WorkbookError(f"{user} reads a tensor {tuple(tensor.shape)} that no traced op produced; "
+                                "register a handler for the op that made it (helpers.handlers)")
+        return self.obj_to_tensor_id[id(tensor)]
+
+    def add_initializer(self, name: str, tensor: torch.Tensor) -> str:
+        self.initializers[name] = tensor.detach()
+        return name
+
+    def next_index(self, op: str) -> int:
+        index = self.counters[op]
+        self.counters[op] += 1
+        return index
+
+    def add_node(self, op: str, inputs: List[str], output: torch.Tensor, attributes: dict, index=None,
+                 **info) -> Node:
+        """Record a node whose single output is `output`; its name is the op's prefix + counter."""
+        index = self.next_index(op) if index is None else index
+        node = Node(op, f"{NODE_PREFIX.get(op, op.lower())}{index}", inputs, [self.new_tensor(output)],
+                    attributes, info)
+        self.nodes.append(node)
+        if self.on_node is not None:
+            self.on_node(node, output)
+        return node
+
+    def module_name(self, module: nn.Module) -> str:
+        return self.module_names.get(id(module), type(module).__name__)
+
+
+def make_wrapper(tracer: Tracer, original: Callable, handler: Callable) -> Callable:
+    """The function that stands in for a registered method while tracing."""
+    def traced(*args, **kwargs):
+        if tracer.busy:  # called from inside another traced op (e.g. permute inside dense): not a node
+            return original(*args, **kwargs)
+        tracer.busy = True
+        try:
+            output = original(*args, **kwargs)
+            handler(tracer, output, *args, **kwargs)
+        finally:
+            tracer.busy = False
+        return output
+    traced.__wrapped__ = original
+    return traced
+
+
+@contextmanager
+def tracing(tracer: Tracer, registry: Registry):
+    """Patch every registered method for the `with` block; restore the exact originals afterwards."""
+    undo = []  # (owner, name, what owner.__dict__ held or None), in the order applied
+    try:
+        for patch in registry.patches:
+            own = patch.owner.__dict__.get(patch.name)  # None when the method is inherited
+            undo.append((patch.owner, patch.name, own))
+            setattr(patch.owner, patch.name, make_wrapper(tracer, getattr(patch.owner, patch.name), patch.handler))
+        yield tracer
+    finally:
+        for owner, name, own in reversed(undo):
+            if own is None:
+                delattr(owner, name)  # the inherited method shows through again
+            else:
+                setattr(owner, name, own)
+
+
+# Leaf modules that write no node: their forward passes features through or is part of a traced op.
+PASS_THROUGH = (nn.Identity,)
+
+
+def check_supported(model: nn.Module, registry: Registry, allowed: tuple = ()):
+    """Raise for the first leaf module the exporter has no handler for, naming its path and type."""
+    known = registry.handled_types() + PASS_THROUGH + tuple(allowed)
+    for name, module in model.named_modules():
+        if isinstance(module, known) or any(isinstance(p, known) for p in _parents(model, name)):
+            continue
+        if next(module.children(), None) is None:  # a leaf that computes something
+            hint = " (fold it first: helpers.quantize.fold_bn)" if isinstance(module, nn.BatchNorm1d) else ""
+            raise WorkbookError(f"module '{name}' of type {type(module).__name__} has no ONNX handler{hint}; "
+                                f"write one with @REGISTRY.register({type(module).__name__}, 'forward') "
+                                "in helpers.handlers")
+
+
+def _parents(model: nn.Module, name: str):
+    """The modules on the path from `model` down to (not including) the module called `name`."""
+    parts, module, found = name.split(".") if name else [], model, []
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        found.append(module)
+    return found
