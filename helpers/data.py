@@ -14,7 +14,7 @@ import torch
 
 from helpers.errors import WorkbookError
 
-SCENES = {"default": 60000, "full": 270000}  # point counts: about 2 sweeps, and 10 merged sweeps
+SCENES = {"small": 20000, "default": 60000, "full": 270000}  # point counts: CI, about 2 sweeps, 10 sweeps
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -181,7 +181,7 @@ def synthetic_scene(n_points: int = 60000, seed: int = 0) -> np.ndarray:
 
 
 def make_scene(name: str = "default", seed: int = 0) -> np.ndarray:
-    """A named synthetic scene from SCENES: 'default' (60,000 points) or 'full' (270,000)."""
+    """A named synthetic scene from SCENES: 'small' (20,000 points), 'default' (60,000) or 'full' (270,000)."""
     if name not in SCENES:
         raise WorkbookError(f"unknown scene {name!r}; expected one of {sorted(SCENES)}")
     return synthetic_scene(SCENES[name], seed)
