@@ -52,12 +52,11 @@ def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
     voxels, coords = batches[0] if batches else (None, None)
     if voxels is None:
         raise WorkbookError("prepare_scn needs at least one (voxels, coords) batch")
-    quantize.prepare_scn(model, voxels, coords)
+    quantize.prepare_scn(model, voxels, coords)  # quantized convs and adds, BN folded, ReLU fused
     quantize.set_precision(model, int8=int8)
     round_to_fp16(model)
     if int8:
-        quantize.calibrate(model, batches, progress=progress)
-        quantize.check_calibrated(model)
+        quantize.calibrate(model, batches, progress=progress)  # ends by naming any layer without amax
     return model
 
 
@@ -76,9 +75,11 @@ def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callab
     return tracer, output
 
 
-def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Optional[Callable] = None):
+def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Optional[Callable] = None,
+               dtype: Optional[torch.dtype] = None):
     """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph."""
-    dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
+    if dtype is None:
+        dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
     model = place(model, voxels.device, dtype)
     tracer, output = trace_scn(model, voxels.to(dtype), coords, int8, on_node)
     proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))

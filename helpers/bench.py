@@ -1,0 +1,118 @@
+"""How much does tracing cost? Forward, traced forward and full export timed on the same input.
+
+    python -m helpers.bench                       # default synthetic scene, auto device
+    python -m helpers.bench --scene full --device cuda --precision fp16 --json
+
+Every figure is the median of --repeat runs after --warmup runs; CUDA work is synchronised before
+each clock reading. Ratios are taken within one run, so they compare like with like.
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from helpers import data, quantize
+from helpers.config import get_config
+from helpers.errors import WorkbookError
+from helpers.export import export_scn, prepare_scn, trace_scn
+from helpers.model import build_scn, pick_device, place
+
+
+def timed(fn, device, repeat: int, warmup: int) -> float:
+    """Median seconds of `fn()` over `repeat` runs, after `warmup` runs."""
+    times = []
+    for i in range(warmup + repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(args) -> dict:
+    device = pick_device(args.device)
+    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    if dtype == torch.float16 and device.type != "cuda":
+        raise WorkbookError("--precision fp16 needs a CUDA GPU; use --precision fp32 on the CPU")
+    cfg = get_config()
+    points = data.read_points(args.points) if args.points else data.make_scene(args.scene)
+    voxels, coords = data.voxelize(torch.from_numpy(points).to(device), cfg)
+    model = prepare_scn(place(build_scn(cfg), device), [(voxels, coords)], int8=True, progress=False)
+    model = place(model, device, dtype)
+    x = voxels.to(dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def forward():
+        with quantize.quantizers_disabled(model), torch.no_grad():
+            model(x, coords)
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "scn.onnx"
+        figures = dict(
+            forward_s=timed(forward, device, args.repeat, args.warmup),
+            traced_forward_s=timed(lambda: trace_scn(model, x, coords), device, args.repeat, args.warmup),
+            export_s=timed(lambda: export_scn(model, x, coords, out, dtype=dtype), device, args.repeat, args.warmup),
+            onnx_bytes=out.stat().st_size)
+    calib = prepare_scn(place(build_scn(cfg), device), [(voxels, coords)], int8=False, progress=False)
+    start = time.perf_counter()
+    quantize.calibrate(calib, [(voxels, coords)] * args.calib_scans, progress=False)
+    figures["calibration_s_per_scan"] = (time.perf_counter() - start) / args.calib_scans
+    figures.update(
+        traced_over_forward=figures["traced_forward_s"] / figures["forward_s"],
+        export_over_forward=figures["export_s"] / figures["forward_s"],
+        peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        dtype=args.precision, points=len(points), voxels=int(voxels.shape[0]), repeat=args.repeat,
+        torch_threads=torch.get_num_threads())
+    return figures
+
+
+def table(f: dict) -> str:
+    rows = [("plain forward", f"{f['forward_s'] * 1e3:9.1f} ms", "1.00 x"),
+            ("traced forward", f"{f['traced_forward_s'] * 1e3:9.1f} ms", f"{f['traced_over_forward']:.2f} x"),
+            ("full export (trace + graph + save)", f"{f['export_s'] * 1e3:9.1f} ms",
+             f"{f['export_over_forward']:.2f} x"),
+            ("calibration, per scan", f"{f['calibration_s_per_scan'] * 1e3:9.1f} ms", "")]
+    lines = [f"{f['device']}, {f['dtype']}, {f['points']} points, {f['voxels']} voxels, median of {f['repeat']}"]
+    lines += [f"  {name:<36}{value}  {ratio}" for name, value, ratio in rows]
+    gpu = f" / GPU {f['peak_gpu_mb']:.0f} MiB" if f["peak_gpu_mb"] is not None else ""
+    lines.append(f"  {'peak memory':<36}host {f['peak_host_mb']:.0f} MiB{gpu}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--points", help="a lidar scan to use instead of a synthetic scene")
+    p.add_argument("--scene", default="default", choices=sorted(data.SCENES), help="synthetic scene size")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("fp16", "fp32"), help="default: fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--calib-scans", type=int, default=2, help="scans for the calibration figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    if args.precision is None:
+        args.precision = "fp16" if pick_device(args.device).type == "cuda" else "fp32"
+    try:
+        figures = measure(args)
+    except WorkbookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(figures, sort_keys=True) if args.json else table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
