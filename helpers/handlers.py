@@ -8,7 +8,6 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from helpers import quantize
 from helpers.model import ResidualAdd
 from helpers.quantize import QuantAdd, QuantSparseConv
 from helpers.tracing import Registry, Tracer
@@ -49,9 +48,7 @@ def sparse_convolution(tracer: Tracer, y: spconv.SparseConvTensor, conv: QuantSp
         rulebook=conv.indice_key or (f"subm_{path}" if conv.subm else ""),  # never empty for subm
         activation=conv.activation, input_shape=list(x.features.shape), output_shape=list(y.features.shape),
         precision=conv.precision, output_precision=conv.output_precision)
-    if tracer.int8:
-        attributes["input_dynamic_range"] = quantize.input_dynamic_range(conv)
-        attributes["weight_dynamic_ranges"] = quantize.weight_dynamic_ranges(conv)  # one per output channel
+    attributes.update(tracer.dynamic_ranges.get(conv, {}))  # input and per-channel weight amax (int8)
     tracer.add_node("SparseConvolution", inputs, y.features, attributes, index=index, module=path,
                     spatial=(list(x.spatial_shape), out_shape), voxels=(x.features.shape[0], y.features.shape[0]))
 
@@ -63,9 +60,7 @@ def add(tracer: Tracer, y: torch.Tensor, module: nn.Module, branch: torch.Tensor
     inputs = [tracer.tensor_id(branch, path), tracer.tensor_id(identity, path)]
     attributes = dict(precision=getattr(module, "precision", "fp16"),
                       output_precision=getattr(module, "output_precision", "fp16"))
-    if tracer.int8 and isinstance(module, QuantAdd):
-        amax = quantize.add_dynamic_range(module)  # one quantizer serves both inputs
-        attributes.update(input0_dynamic_range=amax, input1_dynamic_range=amax)
+    attributes.update(tracer.dynamic_ranges.get(module, {}))  # one amax for both inputs (int8)
     tracer.add_node("Add", inputs, y, attributes, module=path)
 
 

@@ -10,7 +10,7 @@ Everything runs in fp32 on CPU or CUDA; quantization is "fake" (quantize, then d
 """
 from collections import Counter
 from contextlib import contextmanager
-from typing import List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import spconv.pytorch as spconv
 import torch
@@ -369,6 +369,31 @@ def weight_dynamic_ranges(conv: QuantSparseConv) -> List[float]:
 def add_dynamic_range(add: QuantAdd) -> float:
     """The amax shared by both inputs of a residual add."""
     return float(checked_amax(add.quantizer, add.layer_name, "add")[0])
+
+
+def dynamic_ranges(model: nn.Module) -> Dict[nn.Module, dict]:
+    """The int8 dynamic-range attributes of every quantized layer, keyed by module.
+
+    All amax values reach the host in ONE copy: on a GPU each separate .item() would wait for all
+    queued work, and a trace would pay that wait about fifty times.
+    """
+    quantizers = named_quantizers(model)
+    if not quantizers or any(q.amax is None for _, _, q in quantizers):
+        check_calibrated(model)  # raises, naming the layers
+    flat = torch.cat([q.amax.detach().flatten().float() for _, _, q in quantizers]).cpu()  # every amax
+    if not (torch.isfinite(flat).all() and (flat > 0).all()):
+        check_calibrated(model)  # raises, naming the layers
+    modules, ranges, start = dict(model.named_modules()), {}, 0
+    for path, kind, q in quantizers:
+        module, values = modules[path], flat[start:start + q.amax.numel()].tolist()
+        start += len(values)
+        if kind == "input":
+            ranges.setdefault(module, {})["input_dynamic_range"] = values[0]
+        elif kind == "weight":  # one per output channel
+            ranges.setdefault(module, {})["weight_dynamic_ranges"] = values * (module.out_channels // len(values))
+        else:  # one quantizer serves both inputs of the add
+            ranges[module] = {"input0_dynamic_range": values[0], "input1_dynamic_range": values[0]}
+    return ranges
 
 
 def compare_outputs(a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -73,8 +73,8 @@ class Node:
 class Tracer:
     """The state of one trace. `on_node(node, output)` is called as each node is recorded."""
 
-    def __init__(self, model: Optional[nn.Module] = None, on_node: Optional[Callable] = None, int8: bool = False,
-                 layout: str = "xyz", output_bound: int = 200000):
+    def __init__(self, model: Optional[nn.Module] = None, on_node: Optional[Callable] = None,
+                 dynamic_ranges: Optional[dict] = None, layout: str = "xyz", output_bound: int = 200000):
         self.nodes: List[Node] = []
         self.initializers: Dict[str, torch.Tensor] = {}  # name -> tensor, turned into fp16 bytes later
         self.obj_to_tensor_id: Dict[int, str] = {}  # id(tensor) -> "0", "1", ...
@@ -83,7 +83,7 @@ class Tracer:
         self.counters: Counter = Counter()  # one counter per op type: conv0, conv1, add0, ...
         self.module_names = {id(m): n for n, m in model.named_modules()} if model is not None else {}
         self.on_node = on_node
-        self.int8 = int8  # write the dynamic-range attributes of int8 layers
+        self.dynamic_ranges = dynamic_ranges or {}  # module -> int8 attributes; empty for an fp16 graph
         self.layout = layout  # "xyz" or "zyx": the ScatterDense format
         self.output_bound = output_bound  # the engine's cap on output voxels of each conv
         self.busy = False  # re-entrancy guard: True while a traced op runs

@@ -1,0 +1,98 @@
+"""The GPU paths: fp32/fp16 forward, the voxelizer, int8 cost and the fp16 trace on CUDA.
+
+Skipped without a GPU (CI has none); run on a CUDA machine with `pytest -s tests/test_gpu.py`,
+which also prints the figures. Real scans are read from SCN_DATA or ../shared/data when present.
+"""
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, quantize
+from helpers.config import get_config
+from helpers.export import export_scn, prepare_scn
+from helpers.model import build_scn, place
+from helpers.verify import BEVFUSION_OPS, check_contract, compare, run_graph
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def scans():
+    """(name, points) for the full synthetic scene and the real 10-sweep scan when present."""
+    found = [("synthetic full", data.make_scene("full"))]
+    real = Path(os.environ.get("SCN_DATA", DATA)) / "nuscenes_10sweeps_points.bin"
+    if real.is_file():
+        found.append(("nuScenes 10 sweeps", data.read_points(real)))
+    return found
+
+
+def median_ms(fn, repeat=10):
+    fn()
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def test_voxelizer_on_gpu_equals_cpu():
+    cfg = get_config()
+    for name, points in scans():
+        v_cpu, c_cpu = data.voxelize(torch.from_numpy(points), cfg)
+        v_gpu, c_gpu = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        assert torch.equal(c_cpu, c_gpu.cpu())
+        assert torch.allclose(v_cpu, v_gpu.cpu(), atol=1e-5)
+        print(f"\nvoxelizer {name}: {len(points)} points -> {len(c_gpu)} voxels, GPU equals CPU")
+
+
+def test_forward_fp32_and_fp16_on_gpu():
+    cfg = get_config()
+    cpu_model = place(build_scn(cfg), "cpu")
+    for name, points in scans():
+        voxels, coords = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        with torch.no_grad():
+            reference = cpu_model(voxels.cpu(), coords.cpu())
+            model = place(build_scn(cfg), CUDA)
+            out32 = model(voxels, coords)
+            ms32 = median_ms(lambda: model(voxels, coords))
+            model = place(model, CUDA, torch.float16)
+            half = voxels.half()
+            out16 = model(half, coords)
+            ms16 = median_ms(lambda: model(half, coords))
+        assert list(out16.shape) == [1, 256, 180, 180] and out16.dtype == torch.float16
+        d32, d16 = compare(reference, out32.cpu()), compare(reference, out16.float().cpu())
+        print(f"\nforward {name} ({len(voxels)} voxels): fp32 {ms32:.1f} ms (vs CPU max abs {d32['max_abs']:.2e}), "
+              f"fp16 {ms16:.1f} ms (cosine vs CPU fp32 {d16['cosine']:.6f})")
+        assert d32["cosine"] > 0.99999 and d16["cosine"] > 0.999
+
+
+def test_int8_cost_and_fp16_export_on_gpu(tmp_path):
+    cfg = get_config()
+    for name, points in scans():
+        voxels, coords = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        calib = [(voxels, coords)] + [data.voxelize(torch.from_numpy(data.make_scene("full", seed=s)).to(CUDA), cfg)
+                                      for s in (1, 2, 3)]
+        start = time.perf_counter()
+        model = prepare_scn(place(build_scn(cfg), CUDA), calib, int8=True, progress=False)
+        prep_s = time.perf_counter() - start
+        cost = quantize.int8_cost(model, voxels, coords)
+        print(f"\nint8 {name}: fake-quant vs float cosine {cost['cosine']:.5f}, max abs {cost['max_abs']:.4f} "
+              f"(prepare + calibrate on 4 scans {prep_s:.1f} s)")
+        assert cost["cosine"] > 0.99
+        result = export_scn(model, voxels, coords, tmp_path / "scn.onnx")
+        assert result.output.dtype == torch.float16
+        assert check_contract(tmp_path / "scn.onnx", op_counts=BEVFUSION_OPS) == []
+        rerun = run_graph(tmp_path / "scn.onnx", voxels.half(), coords, torch.float16)
+        diff = compare(result.output, rerun)
+        print(f"fp16 trace {name}: {len(result.tracer.nodes)} nodes, file re-run cosine {diff['cosine']:.6f}, "
+              f"max abs {diff['max_abs']:.2e}")
+        assert diff["cosine"] >= 0.9999
