@@ -1,0 +1,93 @@
+"""Execute the workbook's notebooks headless and write each one, with its outputs, as .ipynb and .html.
+
+    python tools/execute_notebooks.py --out build                  # all notebooks, profile "default"
+    python tools/execute_notebooks.py --out build --profile ci 02  # one notebook, the small CI profile
+
+The kernel ("python3", i.e. this Python) starts in notebooks/, as in JupyterLab, with SCN_PROFILE
+set to the profile and the repository root on PYTHONPATH. The committed notebooks have no outputs; the executed copies go to --out.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import nbformat
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ORDER = ["01_hooks", "02_decorator_trace", "03_export_scn"]  # the workbook, in teaching order
+
+
+def make_client(nb: nbformat.NotebookNode, timeout: int = 600) -> NotebookClient:
+    """An nbclient client for `nb` whose kernel will start in notebooks/."""
+    return NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                          resources={"metadata": {"path": str(NOTEBOOKS)}})
+
+
+def kernel_env(profile: str) -> dict:
+    """This process's environment plus SCN_PROFILE, and the repository on PYTHONPATH (for `import helpers`)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
+
+
+def execute_notebook(path, out_dir, profile: str = "default", timeout: int = 600) -> nbformat.NotebookNode:
+    """Run every cell of `path` in a fresh kernel; write <name>.ipynb and <name>.html to `out_dir`.
+
+    A cell that raises stops the run with nbclient's CellExecutionError (the partial notebook is
+    still written, so the HTML shows where it failed).
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    nb = nbformat.read(path, as_version=4)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_client(nb, timeout).execute(env=kernel_env(profile))
+    finally:
+        write_outputs(nb, out_dir / path.stem)
+    return nb
+
+
+def write_outputs(nb: nbformat.NotebookNode, stem: Path):
+    """The executed notebook and its HTML export, side by side."""
+    nbformat.write(nb, str(stem) + ".ipynb")
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    Path(str(stem) + ".html").write_text(body, encoding="utf-8")
+
+
+def find_notebook(name: str) -> Path:
+    """'02', '02_decorator_trace' or '02_decorator_trace.ipynb' -> notebooks/02_decorator_trace.ipynb."""
+    stem = Path(name).stem
+    for known in ORDER:
+        if known == stem or known.startswith(stem + "_"):
+            return NOTEBOOKS / f"{known}.ipynb"
+    return NOTEBOOKS / f"{stem}.ipynb"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="notebooks to run, e.g. 01 or 02_decorator_trace (default: all)")
+    parser.add_argument("--out", default="build", help="folder for the executed notebooks and HTML (default build)")
+    parser.add_argument("--profile", default="default", help="SCN_PROFILE for the kernel, e.g. ci (default default)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in [find_notebook(n) for n in (args.names or ORDER)]:
+        if not path.is_file():
+            print(f"skip {path.relative_to(ROOT)}: the file does not exist yet")
+            continue
+        start = time.perf_counter()
+        try:
+            execute_notebook(path, args.out, args.profile, args.timeout)
+            status = "ok"
+        except Exception as error:  # report and go on with the next notebook
+            failed += 1
+            status = f"FAILED: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error) else ''}"
+        print(f"{path.name}: {status} in {time.perf_counter() - start:.1f} s -> {Path(args.out) / path.stem}.html")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
