@@ -23,7 +23,8 @@ from helpers.errors import WorkbookError
 MARGIN, COLUMN_WIDTH, BOX_WIDTH, BOX_HEIGHT, ROW_PITCH = 20, 300, 230, 48, 64
 ROWS_PER_COLUMN, MAX_COLUMNS = 15, 4
 COLOURS = {"SparseConvolution": "#cfe2f3", "Add": "#d9ead3", "Relu": "#fce5cd", "ScatterDense": "#ead1dc",
-           "Transpose": "#fff2cc", "Reshape": "#fff2cc", "graph input": "#ffffff", "graph output": "#ffffff"}
+           "Transpose": "#fff2cc", "Reshape": "#fff2cc", "Conv": "#cfe2f3", "Gemm": "#d0e0e3",
+           "graph input": "#ffffff", "graph output": "#ffffff"}
 OTHER_COLOUR = "#eeeeee"
 
 
@@ -69,8 +70,16 @@ def detail_lines(node: onnx.NodeProto) -> List[str]:
                 f"{kind} {a.get('rulebook', '')} · {a.get('activation', 'None')} · {precision}"]
     if node.op_type == "ScatterDense":
         return [f"{a.get('format', '?')} → [{', '.join(str(v) for v in a.get('output_shape', []))}]"]
-    if node.op_type in ("Transpose", "Reshape"):
-        return [f"dims [{', '.join(str(v) for v in a.get('dims', []))}]"]
+    if node.op_type in ("Transpose", "Reshape") and "dims" in a:  # the engine's form
+        return [f"dims [{', '.join(str(v) for v in a['dims'])}]"]
+    if node.op_type == "Transpose":  # ONNX's own form
+        return [f"perm [{', '.join(str(v) for v in a.get('perm', []))}]"]
+    if node.op_type == "Reshape":  # ONNX's own form: the shape is the second input
+        return [f"shape from {node.input[1]}"] if len(node.input) > 1 else []
+    if node.op_type == "Conv":
+        return [f"k{dims(a.get('kernel_shape', []))}  s{dims(a.get('strides', []))}  pads {a.get('pads', [])}"]
+    if node.op_type == "Gemm":
+        return [f"transB={a.get('transB', 0)}"]
     if "precision" in a:
         return [f"{a['precision']}"]
     return []
