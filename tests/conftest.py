@@ -31,3 +31,8 @@ def random_voxels(cfg, n=3000, seed=0, region=64):
     coords = np.concatenate([np.zeros((len(xyz), 1), np.int64), order], 1).astype(np.int32)
     voxels = rng.normal(size=(len(xyz), cfg.in_channels)).astype(np.float32)
     return torch.from_numpy(voxels), torch.from_numpy(coords)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser test is the slowest: run it last, after everything it builds on has passed."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
