@@ -7,7 +7,10 @@ Every figure is the median of --repeat runs after --warmup runs; CUDA work is sy
 each clock reading. Ratios are taken within one run, so they compare like with like.
 """
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import resource
 import statistics
 import sys
@@ -39,6 +42,19 @@ def timed(fn, device, repeat: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def profile(fn, repeat: int, top: int = 15) -> str:
+    """cProfile of `repeat` calls of `fn`, the `top` functions by own time."""
+    fn()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(repeat):
+        fn()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
 def measure(args) -> dict:
     device = pick_device(args.device)
     dtype = torch.float16 if args.precision == "fp16" else torch.float32
@@ -59,6 +75,8 @@ def measure(args) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "scn.onnx"
+        if args.profile:  # where does an export spend its time? (printed, not part of the figures)
+            print(profile(lambda: export_scn(model, x, coords, out, dtype=dtype), args.repeat), file=sys.stderr)
         figures = dict(
             forward_s=timed(forward, device, args.repeat, args.warmup),
             traced_forward_s=timed(lambda: trace_scn(model, x, coords), device, args.repeat, args.warmup),
@@ -102,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--calib-scans", type=int, default=2, help="scans for the calibration figure")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--profile", action="store_true", help="also print a cProfile of the export (to stderr)")
     args = p.parse_args(argv)
     if args.precision is None:
         args.precision = "fp16" if pick_device(args.device).type == "cuda" else "fp32"
