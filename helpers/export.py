@@ -65,10 +65,12 @@ def layout_of(model) -> str:
     return model.cfg.layout if hasattr(model, "cfg") else "xyz"
 
 
-def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None):
+def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None,
+              ranges: Optional[dict] = None):
     """Run the float network once inside `tracing`; every recorded op becomes a node."""
     check_supported(model, REGISTRY, allowed=(TensorQuantizer,))
-    ranges = quantize.dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
+    if ranges is None:
+        ranges = quantize.dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
     tracer = Tracer(model, on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model))
     with quantize.quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
         tracer.new_tensor(voxels)  # the graph input is tensor "0"
@@ -81,8 +83,9 @@ def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Opt
     """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph."""
     if dtype is None:
         dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
-    model = place(model, voxels.device, dtype)
-    tracer, output = trace_scn(model, voxels.to(dtype), coords, int8, on_node)
+    ranges = quantize.dynamic_ranges(model) if int8 else {}  # read while amax is fp32, before .half()
+    model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
+    tracer, output = trace_scn(model, voxels.to(dtype), coords, int8, on_node, ranges)
     proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
     return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)
 

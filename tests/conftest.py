@@ -2,6 +2,10 @@
 import os
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine a spinning pytest process
+# slows the notebook kernels and JupyterLab it starts by 10x. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import torch

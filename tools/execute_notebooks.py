@@ -30,7 +30,7 @@ def make_client(nb: nbformat.NotebookNode, timeout: int = 600) -> NotebookClient
 def kernel_env(profile: str) -> dict:
     """This process's environment plus SCN_PROFILE, and the repository on PYTHONPATH (for `import helpers`)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
+    return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
 
 
 def execute_notebook(path, out_dir, profile: str = "default", timeout: int = 600) -> nbformat.NotebookNode:
