@@ -27,19 +27,21 @@ from helpers.export import export_scn, prepare_scn, trace_scn
 from helpers.model import build_scn, pick_device, place
 
 
-def timed(fn, device, repeat: int, warmup: int) -> float:
-    """Median seconds of `fn()` over `repeat` runs, after `warmup` runs."""
-    times = []
+def timed(steps: dict, device, repeat: int, warmup: int) -> dict:
+    """Median seconds of each function in `steps`, run in turns (a, b, c, a, b, c, ...) so that
+    drift of clocks or load hits every figure alike; `warmup` untimed rounds first."""
+    times = {name: [] for name in steps}
     for i in range(warmup + repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def profile(fn, repeat: int, top: int = 15) -> str:
@@ -75,13 +77,15 @@ def measure(args) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "scn.onnx"
-        if args.profile:  # where does an export spend its time? (printed, not part of the figures)
-            print(profile(lambda: export_scn(model, x, coords, out, dtype=dtype), args.repeat), file=sys.stderr)
-        figures = dict(
-            forward_s=timed(forward, device, args.repeat, args.warmup),
-            traced_forward_s=timed(lambda: trace_scn(model, x, coords), device, args.repeat, args.warmup),
-            export_s=timed(lambda: export_scn(model, x, coords, out, dtype=dtype), device, args.repeat, args.warmup),
-            onnx_bytes=out.stat().st_size)
+        if args.profile:  # where do the trace and the export spend their time? (not part of the figures)
+            print("traced forward:\n" + profile(lambda: trace_scn(model, x, coords), args.repeat), file=sys.stderr)
+            print("export:\n" + profile(lambda: export_scn(model, x, coords, out, dtype=dtype), args.repeat),
+                  file=sys.stderr)
+        figures = timed(dict(forward_s=forward,
+                             traced_forward_s=lambda: trace_scn(model, x, coords),
+                             export_s=lambda: export_scn(model, x, coords, out, dtype=dtype)),
+                        device, args.repeat, args.warmup)
+        figures["onnx_bytes"] = out.stat().st_size
     calib = prepare_scn(place(build_scn(cfg), device), [(voxels, coords)], int8=False, progress=False)
     start = time.perf_counter()
     quantize.calibrate(calib, [(voxels, coords)] * args.calib_scans, progress=False)

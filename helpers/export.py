@@ -68,10 +68,10 @@ def layout_of(model) -> str:
 def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None,
               ranges: Optional[dict] = None):
     """Run the float network once inside `tracing`; every recorded op becomes a node."""
-    check_supported(model, REGISTRY, allowed=(TensorQuantizer,))
+    names = check_supported(model, REGISTRY, allowed=(TensorQuantizer,))  # module paths, for the log
     if ranges is None:
         ranges = quantize.dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
-    tracer = Tracer(model, on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model))
+    tracer = Tracer(on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model), module_names=names)
     with quantize.quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
         tracer.new_tensor(voxels)  # the graph input is tensor "0"
         output = model(voxels, coords)

@@ -245,7 +245,8 @@ def quantizers_disabled(model: nn.Module):
     """`with quantizers_disabled(model):` runs float; each quantizer's state comes back on exit."""
     saved = [(q, q._disabled) for _, _, q in named_quantizers(model)]
     try:
-        set_quantizers(model, False)
+        for quantizer, _ in saved:
+            quantizer.disable()
         yield model
     finally:
         for quantizer, disabled in saved:
@@ -383,9 +384,9 @@ def dynamic_ranges(model: nn.Module) -> Dict[nn.Module, dict]:
     flat = torch.cat([q.amax.detach().flatten().float() for _, _, q in quantizers]).cpu()  # every amax
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
         check_calibrated(model)  # raises, naming the layers
-    modules, ranges, start = dict(model.named_modules()), {}, 0
+    ranges, start = {}, 0
     for path, kind, q in quantizers:
-        module, values = modules[path], flat[start:start + q.amax.numel()].tolist()
+        module, values = model.get_submodule(path), flat[start:start + q.amax.numel()].tolist()
         start += len(values)
         if kind == "input":
             ranges.setdefault(module, {})["input_dynamic_range"] = values[0]

@@ -74,14 +74,17 @@ class Tracer:
     """The state of one trace. `on_node(node, output)` is called as each node is recorded."""
 
     def __init__(self, model: Optional[nn.Module] = None, on_node: Optional[Callable] = None,
-                 dynamic_ranges: Optional[dict] = None, layout: str = "xyz", output_bound: int = 200000):
+                 dynamic_ranges: Optional[dict] = None, layout: str = "xyz", output_bound: int = 200000,
+                 module_names: Optional[Dict[int, str]] = None):
         self.nodes: List[Node] = []
         self.initializers: Dict[str, torch.Tensor] = {}  # name -> tensor, turned into fp16 bytes later
         self.obj_to_tensor_id: Dict[int, str] = {}  # id(tensor) -> "0", "1", ...
         self.tensor_count = 0  # names given so far
         self.keep_alive: List[torch.Tensor] = []  # holds every named tensor so its id() is never reused
         self.counters: Counter = Counter()  # one counter per op type: conv0, conv1, add0, ...
-        self.module_names = {id(m): n for n, m in model.named_modules()} if model is not None else {}
+        if module_names is None:  # id(module) -> "encoder_layers.encoder_layer1.0.conv1"
+            module_names = {id(m): n for n, m in model.named_modules()} if model is not None else {}
+        self.module_names = module_names
         self.on_node = on_node
         self.dynamic_ranges = dynamic_ranges or {}  # module -> int8 attributes; empty for an fp16 graph
         self.layout = layout  # "xyz" or "zyx": the ScatterDense format
@@ -174,23 +177,26 @@ def tracing(tracer: Tracer, registry: Registry):
 PASS_THROUGH = (nn.Identity,)
 
 
-def check_supported(model: nn.Module, registry: Registry, allowed: tuple = ()):
-    """Raise for the first leaf module the exporter has no handler for, naming its path and type."""
+def check_supported(model: nn.Module, registry: Registry, allowed: tuple = ()) -> Dict[int, str]:
+    """Every module's path by id(); raises for a leaf module the exporter has no handler for.
+
+    One walk down the module tree; the inside of a handled module (a quantizer in a conv) is its
+    handler's business, so the walk does not go there.
+    """
     known = registry.handled_types() + PASS_THROUGH + tuple(allowed)
-    for name, module in model.named_modules():
-        if isinstance(module, known) or any(isinstance(p, known) for p in _parents(model, name)):
-            continue
-        if next(module.children(), None) is None:  # a leaf that computes something
+    names: Dict[int, str] = {}
+
+    def visit(module: nn.Module, path: str):
+        names[id(module)] = path
+        if isinstance(module, known):
+            return
+        children = list(module.named_children())
+        if not children:  # a leaf that computes something
             hint = " (fold it first: helpers.quantize.fold_bn)" if isinstance(module, nn.BatchNorm1d) else ""
-            raise WorkbookError(f"module '{name}' of type {type(module).__name__} has no ONNX handler{hint}; "
+            raise WorkbookError(f"module '{path}' of type {type(module).__name__} has no ONNX handler{hint}; "
                                 f"write one with @REGISTRY.register({type(module).__name__}, 'forward') "
                                 "in helpers.handlers")
-
-
-def _parents(model: nn.Module, name: str):
-    """The modules on the path from `model` down to (not including) the module called `name`."""
-    parts, module, found = name.split(".") if name else [], model, []
-    for part in parts[:-1]:
-        module = getattr(module, part)
-        found.append(module)
-    return found
+        for name, child in children:
+            visit(child, f"{path}.{name}" if path else name)
+    visit(model, "")
+    return names
