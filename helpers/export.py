@@ -85,7 +85,8 @@ def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Opt
         dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
     ranges = quantize.dynamic_ranges(model) if int8 else {}  # read while amax is fp32, before .half()
     model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
-    tracer, output = trace_scn(model, voxels.to(dtype), coords, int8, on_node, ranges)
+    x = voxels.half().to(dtype)  # the graph input is FLOAT16: trace on exactly the values the engine gets
+    tracer, output = trace_scn(model, x, coords, int8, on_node, ranges)
     proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
     return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)
 
@@ -161,7 +162,7 @@ def run(args) -> int:
     print("contract check: " + ("passed" if not problems else f"{len(problems)} problems"))
     for problem in problems:
         print(f"  - {problem}")
-    rerun = run_graph(args.out, voxels.to(result.output.dtype), coords, result.output.dtype)
+    rerun = run_graph(args.out, voxels, coords, result.output.dtype)
     diff = compare(result.output, rerun)
     ok = diff["max_abs"] <= 1e-4 if result.output.dtype == torch.float32 else diff["cosine"] >= 0.9999
     print(f"graph re-run from the file: max abs error {diff['max_abs']:.3g}, cosine {diff['cosine']:.6f} "

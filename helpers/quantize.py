@@ -220,15 +220,18 @@ def prepare_scn(model: nn.Module, voxels: torch.Tensor, coords: torch.Tensor) ->
     return set_precision(fuse(quantize_scn(model), voxels, coords))
 
 
+def quantizers_of(module: nn.Module) -> List[Tuple[str, TensorQuantizer]]:
+    """("input" | "weight" | "add", quantizer) of one quantized layer; [] for any other module."""
+    if isinstance(module, QuantSparseConv):
+        return [("input", module.input_quantizer), ("weight", module.weight_quantizer)]
+    if isinstance(module, QuantAdd):
+        return [("add", module.quantizer)]
+    return []
+
+
 def named_quantizers(model: nn.Module) -> List[Tuple[str, str, TensorQuantizer]]:
     """(layer path, "input" | "weight" | "add", quantizer) for every quantizer, in module order."""
-    found = []
-    for path, m in model.named_modules():
-        if isinstance(m, QuantSparseConv):
-            found += [(path, "input", m.input_quantizer), (path, "weight", m.weight_quantizer)]
-        elif isinstance(m, QuantAdd):
-            found.append((path, "add", m.quantizer))
-    return found
+    return [(path, kind, q) for path, m in model.named_modules() for kind, q in quantizers_of(m)]
 
 
 def set_quantizers(model: nn.Module, enabled: bool):
@@ -378,15 +381,15 @@ def dynamic_ranges(model: nn.Module) -> Dict[nn.Module, dict]:
     All amax values reach the host in ONE copy: on a GPU each separate .item() would wait for all
     queued work, and a trace would pay that wait about fifty times.
     """
-    quantizers = named_quantizers(model)
-    if not quantizers or any(q.amax is None for _, _, q in quantizers):
+    layers = [(m, kind, q) for m in model.modules() for kind, q in quantizers_of(m)]
+    if not layers or any(q.amax is None for _, _, q in layers):
         check_calibrated(model)  # raises, naming the layers
-    flat = torch.cat([q.amax.detach().flatten().float() for _, _, q in quantizers]).cpu()  # every amax
+    flat = torch.cat([q.amax.detach().reshape(-1) for _, _, q in layers]).float().cpu()  # every amax
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
         check_calibrated(model)  # raises, naming the layers
     ranges, start = {}, 0
-    for path, kind, q in quantizers:
-        module, values = model.get_submodule(path), flat[start:start + q.amax.numel()].tolist()
+    for module, kind, q in layers:
+        values = flat[start:start + q.amax.numel()].tolist()
         start += len(values)
         if kind == "input":
             ranges.setdefault(module, {})["input_dynamic_range"] = values[0]

@@ -137,13 +137,15 @@ def _check_conv(node, a, inits, where, say):
         say(f"{where}: weight_dynamic_ranges has {len(ranges)} values for {a.get('out_channels')} channels")
 
 
+@torch.no_grad()
 def run_graph(model, voxels: torch.Tensor, coords: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Execute a saved SCN graph with spconv: every number comes from the file, none from PyTorch modules."""
     model = load(model)
     device = voxels.device
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float32)) for t in model.graph.initializer}
     first = attributes(model.graph.node[0])
-    values = {"0": spconv.SparseConvTensor(voxels.to(dtype), coords.int(),
+    features = voxels.half().to(dtype)  # the graph input is FLOAT16, whatever `dtype` computes in
+    values = {"0": spconv.SparseConvTensor(features, coords.int(),
                                            list(first["input_spatial_shape"]), 1)}  # name -> tensor
     for node in model.graph.node:
         a = {k: _decoded(v) for k, v in attributes(node).items()}
