@@ -94,16 +94,22 @@ def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Opt
 def load_batches(args, cfg: SCNConfig, device) -> List:
     """(voxels, coords) on the device for the export input (first) and the calibration scans."""
     if args.points:
-        scans = [data.read_points(args.points, columns=args.columns)]
-    else:
-        scans = [data.make_scene(args.scene, seed=0)]
-    extra = [data.read_points(p, columns=args.columns) for p in args.calib_points[:args.calibrate]]
-    if not args.calib_points and not args.points:  # more synthetic scenes, one per seed
-        extra = [data.make_scene(args.scene, seed=s) for s in range(1, args.calibrate)]
+        sources = [args.points] + args.calib_points[:args.calibrate]
+    elif args.calib_points:
+        sources = [f"scene:{args.scene}:0"] + args.calib_points[:args.calibrate]
+    else:  # synthetic scenes, one per seed
+        sources = [f"scene:{args.scene}:{seed}" for seed in range(args.calibrate)]
     batches = []
-    for points in scans + extra:
-        voxels, coords = data.voxelize(torch.from_numpy(points).to(device), cfg)
-        batches.append((voxels, coords))
+    for source in sources:
+        if source.startswith("scene:"):
+            _, name, seed = source.split(":")
+            points = data.make_scene(name, seed=int(seed))
+        else:
+            points = data.read_points(source, columns=args.columns)
+        try:
+            batches.append(data.voxelize(torch.from_numpy(points).to(device), cfg))
+        except WorkbookError as err:  # say which scan had no point in range
+            raise WorkbookError(f"{source}: {err}") from None
     return batches
 
 

@@ -70,7 +70,7 @@ def test_a_real_scan_and_a_kitti_file(tmp_path):
     (lambda d: d / "missing.bin", "missing.bin"),
     (lambda d: (d / "odd.bin").write_bytes(b"\0" * 21) and d / "odd.bin", "odd.bin"),
     (lambda d: np.save(d / "nan.npy", np.full((4, 5), np.nan, np.float32)) or d / "nan.npy", "nan.npy"),
-    (lambda d: np.save(d / "far.npy", np.full((4, 5), 500.0, np.float32)) or d / "far.npy", "point_range"),
+    (lambda d: np.save(d / "far.npy", np.full((4, 5), 500.0, np.float32)) or d / "far.npy", "far.npy: none of the 4 points lies inside point_range"),
 ])
 def test_bad_points_exit_2_with_one_line_and_no_file(tmp_path, capsys, make_bad, message):
     bad = make_bad(tmp_path)
