@@ -13,7 +13,8 @@ from helpers.export import main
 from helpers.verify import BEVFUSION_OPS, check_contract, run_graph
 from tests.conftest import ROOT
 
-SMALL = ["--scene", "small", "--grid", "bevfusion-01", "--calibrate", "2", "--quiet"]
+# The CPU path, as CI runs it; the CUDA path of the command line is in tests/test_gpu.py.
+SMALL = ["--scene", "small", "--grid", "bevfusion-01", "--calibrate", "2", "--quiet", "--device", "cpu"]
 
 
 def test_help_documents_every_option(capsys):
@@ -43,7 +44,7 @@ def test_export_writes_a_checked_graph_and_the_tensors(tmp_path, capsys):
 
 def test_node_log_is_printed_as_the_trace_runs(tmp_path, capsys):
     assert main(["--scene", "small", "--grid", "bevfusion-01", "--calibrate", "1", "--precision", "fp16",
-                 "--layout", "zyx", "--out", str(tmp_path / "scn.onnx")]) == 0
+                 "--layout", "zyx", "--device", "cpu", "--out", str(tmp_path / "scn.onnx")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  conv")]
     assert len(lines) == 21 and "conv_input.0" in lines[0] and "[41, 1024, 1024]" in lines[0]
     model = onnx.load(str(tmp_path / "scn.onnx"))
@@ -62,7 +63,7 @@ def test_a_real_scan_and_a_kitti_file(tmp_path):
     points = data.make_scene("small")[:, :4].copy()  # x, y, z, reflectance: KITTI's layout
     points.tofile(tmp_path / "000001.bin")
     assert main(["--points", str(tmp_path / "000001.bin"), "--columns", "4", "--grid", "bevfusion-01", "--quiet",
-                 "--out", str(tmp_path / "kitti.onnx")]) == 0
+                 "--device", "cpu", "--out", str(tmp_path / "kitti.onnx")]) == 0
     assert check_contract(tmp_path / "kitti.onnx", op_counts=BEVFUSION_OPS) == []
 
 

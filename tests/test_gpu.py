@@ -14,7 +14,7 @@ import torch
 
 from helpers import data, quantize
 from helpers.config import get_config
-from helpers.export import export_scn, prepare_scn
+from helpers.export import export_scn, main, prepare_scn
 from helpers.model import build_scn, place
 from helpers.verify import BEVFUSION_OPS, check_contract, compare, run_graph
 from tests.conftest import DATA
@@ -96,3 +96,12 @@ def test_int8_cost_and_fp16_export_on_gpu(tmp_path):
         print(f"fp16 trace {name}: {len(result.tracer.nodes)} nodes, file re-run cosine {diff['cosine']:.6f}, "
               f"max abs {diff['max_abs']:.2e}")
         assert diff["cosine"] >= 0.9999
+
+
+def test_command_line_on_gpu(tmp_path, capsys):
+    """python -m helpers.export --device cuda: fp16 trace, contract passed, re-run agrees (cosine >= 0.9999)."""
+    args = ["--device", "cuda", "--scene", "full", "--quiet", "--save-tensors", str(tmp_path / "t")]
+    assert main(args + ["--out", str(tmp_path / "scn.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "on cuda" in printed and "contract check: passed" in printed and "agrees with PyTorch" in printed
+    print("\n" + printed.strip().splitlines()[-1])
