@@ -90,14 +90,18 @@ def run_all_cells(client, nb) -> dict:
     return results_of(nb)
 
 
-@pytest.mark.parametrize("stem", ["01_hooks", "02_decorator_trace"])
+@pytest.mark.parametrize("stem", ["01_hooks", "02_decorator_trace", "03_export_scn"])
 def test_running_the_notebook_twice_in_one_kernel_gives_the_same_results(stem):
     nb = nbformat.read(notebook_path(stem), as_version=4)
     client = runner.make_client(nb)
+    graph = runner.ROOT / "build" / "notebook03" / "scn.onnx"  # what notebook 03 saves
     with client.setup_kernel(env=runner.kernel_env("ci")):
         first = run_all_cells(client, nb)
+        first_bytes = graph.read_bytes() if stem == "03_export_scn" else b""
         second = run_all_cells(client, nb)
+        second_bytes = graph.read_bytes() if stem == "03_export_scn" else b""
     assert first == second
+    assert first_bytes == second_bytes  # the same graph, byte for byte
     CHECKS[stem](second)
 
 
