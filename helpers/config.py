@@ -3,7 +3,7 @@
 Two presets exist: the nuScenes grid at 0.075 m (sparse shape 1440 x 1440 x 41, BEV output
 180 x 180) and the coarser 0.1 m grid (1024 x 1024 x 41, BEV output 128 x 128).
 """
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import List, Tuple
 
 from helpers.errors import WorkbookError

@@ -5,7 +5,6 @@ run_graph(model, ...)  executes the file from its nodes, attributes and initiali
                        underneath, so its output can be compared with the PyTorch network's.
 """
 import math
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np

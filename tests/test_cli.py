@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from helpers import data
-from helpers.config import get_config
 from helpers.export import main
 from helpers.verify import BEVFUSION_OPS, check_contract, run_graph
 from tests.conftest import ROOT

@@ -48,9 +48,8 @@ def test_patches_exist_only_inside_the_with_block_even_after_an_exception():
     tracer = Tracer()
     with pytest.raises(ZeroDivisionError):
         with tracing(tracer, REGISTRY):
-            assert torch.Tensor.permute is not before[-1][3] or True
-            assert nn.ReLU.forward is not nn.ReLU.__dict__.get("__wrapped__")
-            assert getattr(nn.ReLU.forward, "__wrapped__", None) is not None  # patched inside
+            for owner, name, _, original in before:  # every registered method is a wrapper of the original
+                assert getattr(owner, name).__wrapped__ is original
             1 / 0
     assert originals() == before
     assert "permute" not in torch.Tensor.__dict__  # inherited from TensorBase, and inherited again

@@ -8,7 +8,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

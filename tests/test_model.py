@@ -1,4 +1,7 @@
 """The SCN's structure and shapes against hand-computed values, and checkpoint loading."""
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ from helpers.model import build_scn, pick_device, place, spatial_shapes
 from tests.conftest import random_voxels
 
 
-def run(model, voxels, coords, hooks=None):
+def run(model, voxels, coords):
     with torch.no_grad():
         return model(voxels, coords)
 
@@ -72,10 +75,10 @@ def test_zyx_model_gives_the_same_bev_map():
     assert torch.allclose(out_a, out_b, atol=1e-5, rtol=1e-4)
 
 
-def load_checkpoint_state(model, state, tmp=None):
-    import tempfile, os
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "ckpt.pth")
+def load_checkpoint_state(model, state):
+    """Load `state` through a real checkpoint file, as a user would."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ckpt.pth"
         torch.save({"state_dict": state}, path)
         load_checkpoint(model, path)
 
