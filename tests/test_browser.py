@@ -65,7 +65,9 @@ def workbook_copy():
     require_chromium()
     folder = Path(tempfile.mkdtemp(prefix="scn-browser-"))
     try:
-        shutil.copytree(ROOT / "notebooks", folder / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        (folder / "notebooks").mkdir()
+        for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):  # the notebooks only, no stray files
+            shutil.copy(notebook, folder / "notebooks" / notebook.name)
         (folder / "build").mkdir()
         yield folder
     finally:
