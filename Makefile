@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab bench export notebooks system-deps clean
+.PHONY: run test lab bench export notebooks student system-deps clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
@@ -22,6 +22,10 @@ export: $(STAMP)
 
 notebooks: $(STAMP)
 	$(PY) tools/execute_notebooks.py --out build
+
+## student: the student edition of the notebooks (solutions replaced by stubs) in build/student/
+student: $(STAMP)
+	$(PY) tools/editions.py --out build/student
 
 ## test: every test, notebooks and the browser test included
 test: $(STAMP) system-deps

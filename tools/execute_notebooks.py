@@ -21,9 +21,9 @@ NOTEBOOKS = ROOT / "notebooks"
 ORDER = ["01_hooks", "02_decorator_trace", "03_export_scn"]  # the workbook, in teaching order
 
 
-def make_client(nb: nbformat.NotebookNode, timeout: int = 600) -> NotebookClient:
-    """An nbclient client for `nb` whose kernel will start in notebooks/."""
-    return NotebookClient(nb, timeout=timeout, kernel_name="python3",
+def make_client(nb: nbformat.NotebookNode, timeout: int = 600, allow_errors: bool = False) -> NotebookClient:
+    """An nbclient client for `nb` whose kernel will start in notebooks/ (also for the student edition)."""
+    return NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                           resources={"metadata": {"path": str(NOTEBOOKS)}})
 
 
@@ -33,17 +33,19 @@ def kernel_env(profile: str) -> dict:
     return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
 
 
-def execute_notebook(path, out_dir, profile: str = "default", timeout: int = 600) -> nbformat.NotebookNode:
+def execute_notebook(path, out_dir, profile: str = "default", timeout: int = 600,
+                     allow_errors: bool = False) -> nbformat.NotebookNode:
     """Run every cell of `path` in a fresh kernel; write <name>.ipynb and <name>.html to `out_dir`.
 
     A cell that raises stops the run with nbclient's CellExecutionError (the partial notebook is
-    still written, so the HTML shows where it failed).
+    still written, so the HTML shows where it failed), unless `allow_errors` (the student edition,
+    whose exercise cells raise NotImplementedError): then the run goes on to the last cell.
     """
     path, out_dir = Path(path), Path(out_dir)
     nb = nbformat.read(path, as_version=4)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        make_client(nb, timeout).execute(env=kernel_env(profile))
+        make_client(nb, timeout, allow_errors).execute(env=kernel_env(profile))
     finally:
         write_outputs(nb, out_dir / path.stem)
     return nb
