@@ -156,6 +156,8 @@ def make_toy_model(tracer: Tracer, x: torch.Tensor, output: torch.Tensor) -> onn
     graph_output = helper.make_tensor_value_info(tracer.tensor_id(output, "the graph output"), TensorProto.FLOAT,
                                                  list(output.shape))
     graph = helper.make_graph(nodes, "toy", [graph_input], [graph_output], initializers)
+    # "" is ONNX's default domain; "ai.onnx" is another name for the same domain. Write "": onnx's checker
+    # accepts "ai.onnx" in an opset import but not as a node's domain.
     model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", OPSET)],
                               producer_name="scn-export-workbook")
     model.ir_version = 8  # readable by onnx >= 1.10 and onnxruntime >= 1.10
