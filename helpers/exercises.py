@@ -181,17 +181,18 @@ class Exercises:
             lines += describe(wrong)
         except NotImplementedError as stub:
             solved = False
-            lines.append("  not yet: the exercise cell still raises NotImplementedError.")
-            lines.append(f"  {stub}" if str(stub) else "  Replace the `raise` line with your code.")
+            lines.append("  problem:  the exercise cell still raises NotImplementedError: replace that line with your code.")
+            if str(stub):
+                lines.append(f"  hint:     {stub}")
         except RecursionError:
             solved = False
-            lines.append("  not yet: your code calls itself without end (RecursionError).")
-            lines.append("  hint: a wrapper must call the original it saved BEFORE patching, not look the name "
+            lines.append("  problem:  your code calls itself without end (RecursionError).")
+            lines.append("  hint:     a wrapper must call the original it saved BEFORE patching, not look the name "
                          "up again at call time (that finds the wrapper itself).")
         except Exception as error:  # the student's code raised: show where, not a 30-line traceback
             solved = False
-            lines.append(f"  not yet: your code raised {type(error).__name__}: {error}")
-            lines.append(f"  {where(error)}")
+            lines.append(f"  problem:  your code raised {type(error).__name__}: {error}")
+            lines.append(f"  where:    {where(error)}")
         finally:
             after = self.restore()
         if after:
@@ -209,12 +210,12 @@ class Exercises:
 
 
 def describe(wrong: NotYet) -> List[str]:
-    lines = [f"  not yet: {wrong.what}"]
+    lines = [f"  problem:  {wrong.what}"]
     if wrong.expected is not None or wrong.actual is not None:
-        lines.append(f"    expected: {short(wrong.expected)}")
-        lines.append(f"    actual:   {short(wrong.actual)}")
+        lines.append(f"  expected: {short(wrong.expected)}")
+        lines.append(f"  actual:   {short(wrong.actual)}")
     if wrong.hint:
-        lines.append(f"  hint: {wrong.hint}")
+        lines.append(f"  hint:     {wrong.hint}")
     return lines
 
 
