@@ -9,16 +9,19 @@ import hashlib
 
 import torch
 
-from helpers import export, quantize
 from helpers.config import get_config
 from helpers.model import build_scn, place
+from helpers.pipeline import export_scn
+from helpers.quant.fuse import fuse
+from helpers.quant.modules import named_quantizers, quantize_scn
+from helpers.quant.precision import set_precision
 
 DIGEST = "dcfcbac2d528b071e788e78c78764abfd5514b9f50d454bd94445719a8e21529"
 
 
 def fixed_amax(model):
     """Input / add amax 0.5, 0.55, 0.6, ... in module order; weight amax 0.05 .. 0.2 across the channels."""
-    for i, (_, kind, q) in enumerate(quantize.named_quantizers(model)):
+    for i, (_, kind, q) in enumerate(named_quantizers(model)):
         if kind == "weight":
             conv = next(m for m in model.modules() if getattr(m, "weight_quantizer", None) is q)
             q.amax = torch.linspace(0.05, 0.2, conv.out_channels).view(-1, 1, 1, 1, 1)  # [C_out, 1, 1, 1, 1]
@@ -41,12 +44,12 @@ def exported_bytes(tmp_path) -> bytes:
     cfg = get_config()
     voxels, coords = fixed_input(cfg)
     model = place(build_scn(cfg), "cpu")  # torch.manual_seed(0) inside: fixed weights
-    quantize.quantize_scn(model)
-    quantize.fuse(model, voxels, coords)
-    quantize.set_precision(model, int8=True)
+    quantize_scn(model)
+    fuse(model, voxels, coords)
+    set_precision(model, int8=True)
     fixed_amax(model)
     path = tmp_path / "scn.onnx"
-    export.export_scn(model, voxels, coords, path, int8=True)
+    export_scn(model, voxels, coords, path, int8=True)
     return path.read_bytes()
 
 
