@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab bench export notebooks student system-deps clean
+.PHONY: run test lab bench export notebooks student slides web-assets system-deps clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
@@ -27,8 +27,16 @@ notebooks: $(STAMP)
 student: $(STAMP)
 	$(PY) tools/editions.py --out build/student
 
+## slides: reveal.js slides of the notebooks, build/slides/0N_*.slides.html, that need no network
+slides: $(STAMP) web-assets
+	$(PY) tools/build_slides.py
+
+## web-assets: the pinned npm packages (reveal.js, require.js, MathJax, widget manager) the pages load, cached once
+web-assets: $(STAMP)
+	$(PY) tools/web_assets.py fetch
+
 ## test: every test, notebooks and the browser test included
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps web-assets
 	$(PY) -m pytest
 
 ## lab: JupyterLab on notebooks/
@@ -39,7 +47,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m helpers.bench
 
-## system-deps: Chromium for the browser test (installed with apt-get when we are root)
+## system-deps: Chromium and a Chinese font for the browser tests (installed with apt-get when we are root)
 system-deps:
 	@bash tools/install-system-deps.sh
 

@@ -20,11 +20,15 @@ from pathlib import Path
 
 import torch
 
-from helpers import data, quantize
 from helpers.config import get_config
+from helpers.data.points import read_points
+from helpers.data.scene import SCENES, make_scene
+from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
-from helpers.export import export_scn, prepare_scn, trace_scn
 from helpers.model import build_scn, pick_device, place
+from helpers.pipeline import export_scn, prepare_scn, trace_scn
+from helpers.quant.calibrate import calibrate
+from helpers.quant.precision import quantizers_disabled
 
 
 def timed(steps: dict, device, repeat: int, warmup: int) -> dict:
@@ -63,8 +67,8 @@ def measure(args) -> dict:
     if dtype == torch.float16 and device.type != "cuda":
         raise WorkbookError("--precision fp16 needs a CUDA GPU; use --precision fp32 on the CPU")
     cfg = get_config()
-    points = data.read_points(args.points) if args.points else data.make_scene(args.scene)
-    voxels, coords = data.voxelize(torch.from_numpy(points).to(device), cfg)
+    points = read_points(args.points) if args.points else make_scene(args.scene)
+    voxels, coords = voxelize(torch.from_numpy(points).to(device), cfg)
     model = prepare_scn(place(build_scn(cfg), device), [(voxels, coords)], int8=True, progress=False)
     model = place(model, device, dtype)
     x = voxels.to(dtype)
@@ -72,7 +76,7 @@ def measure(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     def forward():
-        with quantize.quantizers_disabled(model), torch.no_grad():
+        with quantizers_disabled(model), torch.no_grad():
             model(x, coords)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -88,7 +92,7 @@ def measure(args) -> dict:
         figures["onnx_bytes"] = out.stat().st_size
     calib = prepare_scn(place(build_scn(cfg), device), [(voxels, coords)], int8=False, progress=False)
     start = time.perf_counter()
-    quantize.calibrate(calib, [(voxels, coords)] * args.calib_scans, progress=False)
+    calibrate(calib, [(voxels, coords)] * args.calib_scans, progress=False)
     figures["calibration_s_per_scan"] = (time.perf_counter() - start) / args.calib_scans
     figures.update(
         traced_over_forward=figures["traced_forward_s"] / figures["forward_s"],
@@ -117,7 +121,7 @@ def table(f: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--points", help="a lidar scan to use instead of a synthetic scene")
-    p.add_argument("--scene", default="default", choices=sorted(data.SCENES), help="synthetic scene size")
+    p.add_argument("--scene", default="default", choices=sorted(SCENES), help="synthetic scene size")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("fp16", "fp32"), help="default: fp16 on CUDA, fp32 on the CPU")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")

@@ -1,94 +1,32 @@
-"""Export BEVFusion's lidar SCN to the ONNX graph NVIDIA's sparse-conv engine reads.
+"""Export BEVFusion's lidar SCN to the ONNX graph NVIDIA's sparse-conv engine reads: the command line.
 
     python -m helpers.export --out build/scn.onnx          # the built-in synthetic scene
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
 
-Steps: build (and load) the SCN -> quantize, fold BN, fuse ReLU -> calibrate (int8) -> disable the
-quantizers and trace the float network (fp16 on a GPU) -> build the graph -> save it atomically
--> check it against the contract and re-run it from the file alone.
+Steps: build (and load) the SCN -> prepare and export it (helpers.pipeline) -> check the file against
+the contract and re-run it from the file alone.
 """
 import argparse
-import copy
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List
 
 import numpy as np
-import onnx
 import torch
-from pytorch_quantization.nn import TensorQuantizer
 
-from helpers import data, quantize
+from helpers.check.compare import compare
+from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.rerun import run_graph
 from helpers.checkpoint import load_checkpoint
 from helpers.config import PRESETS, SCNConfig, get_config
+from helpers.data.points import read_points
+from helpers.data.scene import SCENES, make_scene
+from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
-from helpers.handlers import REGISTRY
 from helpers.model import build_scn, pick_device, place
-from helpers.onnx_build import make_scn_model, save_atomic
-from helpers.tracing import Tracer, check_supported, tracing
-from helpers.verify import BEVFUSION_OPS, check_contract, compare, run_graph
-
-
-@dataclass
-class ExportResult:
-    model: onnx.ModelProto  # the graph
-    tracer: Tracer  # nodes, obj_to_tensor_id, initializers of the trace
-    output: torch.Tensor  # the traced PyTorch network's output, [1, 256, 180, 180]
-    path: Optional[Path] = None  # where it was saved
-
-
-def round_to_fp16(model: torch.nn.Module):
-    """Round weights to the fp16 values the graph stores, so PyTorch runs exactly what is saved."""
-    for p in model.parameters():
-        p.data = p.data.half().to(p.dtype)
-
-
-def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
-    """A quantized, BN-folded, ReLU-fused copy of `model`, calibrated on `batches` when int8."""
-    model = copy.deepcopy(model)  # the caller's model is left as it was: re-running gives the same result
-    voxels, coords = batches[0] if batches else (None, None)
-    if voxels is None:
-        raise WorkbookError("prepare_scn needs at least one (voxels, coords) batch")
-    quantize.prepare_scn(model, voxels, coords)  # quantized convs and adds, BN folded, ReLU fused
-    quantize.set_precision(model, int8=int8)
-    round_to_fp16(model)
-    if int8:
-        quantize.calibrate(model, batches, progress=progress)  # ends by naming any layer without amax
-    return model
-
-
-def layout_of(model) -> str:
-    """'xyz' or 'zyx': a SparseEncoder knows its layout; other networks are taken as xyz."""
-    return model.cfg.layout if hasattr(model, "cfg") else "xyz"
-
-
-def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None,
-              ranges: Optional[dict] = None):
-    """Run the float network once inside `tracing`; every recorded op becomes a node."""
-    names = check_supported(model, REGISTRY, allowed=(TensorQuantizer,))  # module paths, for the log
-    if ranges is None:
-        ranges = quantize.dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
-    tracer = Tracer(on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model), module_names=names)
-    with quantize.quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
-        tracer.new_tensor(voxels)  # the graph input is tensor "0"
-        output = model(voxels, coords)
-    return tracer, output
-
-
-def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Optional[Callable] = None,
-               dtype: Optional[torch.dtype] = None):
-    """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph."""
-    if dtype is None:
-        dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
-    ranges = quantize.dynamic_ranges(model) if int8 else {}  # read while amax is fp32, before .half()
-    model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
-    x = voxels.half().to(dtype)  # the graph input is FLOAT16: trace on exactly the values the engine gets
-    tracer, output = trace_scn(model, x, coords, int8, on_node, ranges)
-    proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
-    return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)
+from helpers.pipeline import ExportResult, export_scn, prepare_scn
 
 
 def load_batches(args, cfg: SCNConfig, device) -> List:
@@ -103,11 +41,11 @@ def load_batches(args, cfg: SCNConfig, device) -> List:
     for source in sources:
         if source.startswith("scene:"):
             _, name, seed = source.split(":")
-            points = data.make_scene(name, seed=int(seed))
+            points = make_scene(name, seed=int(seed))
         else:
-            points = data.read_points(source, columns=args.columns)
+            points = read_points(source, columns=args.columns)
         try:
-            batches.append(data.voxelize(torch.from_numpy(points).to(device), cfg))
+            batches.append(voxelize(torch.from_numpy(points).to(device), cfg))
         except WorkbookError as err:  # say which scan had no point in range
             raise WorkbookError(f"{source}: {err}") from None
     return batches
@@ -129,7 +67,7 @@ def parse_args(argv):
     p.add_argument("--points", help="lidar scan (.bin float32 rows, or .npy); default: the built-in synthetic scene")
     p.add_argument("--columns", type=int, choices=(4, 5), help="values per point in a .bin: 5 nuScenes (default), "
                    "4 KITTI")
-    p.add_argument("--scene", default="default", choices=sorted(data.SCENES), help="synthetic scene size")
+    p.add_argument("--scene", default="default", choices=sorted(SCENES), help="synthetic scene size")
     p.add_argument("--checkpoint", help="BEVFusion / mmdet3d checkpoint (.pth); default: random weights")
     p.add_argument("--grid", default="bevfusion-0075", choices=sorted(PRESETS), help="voxel grid preset")
     p.add_argument("--precision", default="int8", choices=("int8", "fp16"), help="layer precision in the graph")

@@ -5,8 +5,8 @@ Notebook 02 uses it to show the whole idea on a graph onnxruntime can run:
     x [1, 3, 8, 8] -> conv0 -> relu0 -> conv1 -> add0(., relu0) -> relu1
       -> permute (NHWC) -> contiguous -> view [64, 8] -> head (Linear) -> reshape [1, 8, 8, 4]
 
-The handlers have the shape of helpers.handlers (`handler(tracer, output, self, *args)`) and the
-trace runs in helpers.tracing's `tracing(...)`; only the ops differ: Conv, Gemm, Add, Relu,
+The handlers have the shape of helpers.trace.handlers (`handler(tracer, output, self, *args)`) and the
+trace runs in helpers.trace.registry's `tracing(...)`; only the ops differ: Conv, Gemm, Add, Relu,
 Transpose and Reshape exactly as ONNX defines them, in the default domain "" at opset 13.
 """
 from typing import Callable, Optional
@@ -17,8 +17,9 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from helpers.errors import WorkbookError
-from helpers.onnx_build import save_atomic
-from helpers.tracing import Registry, Tracer, check_supported, tracing
+from helpers.files import save_atomic
+from helpers.trace.registry import Registry, tracing
+from helpers.trace.tracer import Tracer, check_supported
 
 OPSET = 13  # default-domain opset of the toy graph
 TOY_REGISTRY = Registry()

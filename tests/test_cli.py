@@ -7,9 +7,10 @@ import onnx
 import pytest
 import torch
 
-from helpers import data
+from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.rerun import run_graph
+from helpers.data.scene import make_scene
 from helpers.export import main
-from helpers.verify import BEVFUSION_OPS, check_contract, run_graph
 from tests.conftest import ROOT
 
 # The CPU path, as CI runs it; the CUDA path of the command line is in tests/test_gpu.py.
@@ -59,7 +60,7 @@ def test_same_inputs_give_the_same_bytes(tmp_path):
 
 
 def test_a_real_scan_and_a_kitti_file(tmp_path):
-    points = data.make_scene("small")[:, :4].copy()  # x, y, z, reflectance: KITTI's layout
+    points = make_scene("small")[:, :4].copy()  # x, y, z, reflectance: KITTI's layout
     points.tofile(tmp_path / "000001.bin")
     assert main(["--points", str(tmp_path / "000001.bin"), "--columns", "4", "--grid", "bevfusion-01", "--quiet",
                  "--device", "cpu", "--out", str(tmp_path / "kitti.onnx")]) == 0

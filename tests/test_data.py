@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from helpers.config import get_config
-from helpers.data import (SCENES, count_in_range, make_scene, read_points, synthetic_scene, to_sparse_tensor,
-                          voxelize)
+from helpers.data.points import read_points
+from helpers.data.scene import SCENES, make_scene, synthetic_scene
+from helpers.data.voxelize import count_in_range, to_sparse_tensor, voxelize
 from helpers.errors import WorkbookError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

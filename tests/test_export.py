@@ -6,14 +6,21 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from helpers import export, quantize
+from helpers.check.compare import compare
+from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.rerun import run_graph
 from helpers.config import get_config
 from helpers.errors import WorkbookError
-from helpers.handlers import REGISTRY
+from helpers.files import save_atomic
 from helpers.model import ResidualAdd, build_scn, place
-from helpers.onnx_build import save_atomic
-from helpers.tracing import Registry, Tracer, tracing
-from helpers.verify import BEVFUSION_OPS, check_contract, compare, run_graph
+from helpers.pipeline import export_scn, prepare_scn, trace_scn
+from helpers.quant.fuse import fuse
+from helpers.quant.modules import quantize_scn
+from helpers.quant.precision import set_precision
+from helpers.quant.ranges import input_dynamic_range
+from helpers.trace.handlers import REGISTRY
+from helpers.trace.registry import Registry, tracing
+from helpers.trace.tracer import Tracer
 from tests.conftest import random_voxels, real_file
 
 
@@ -26,7 +33,7 @@ def prepared(cfg, n=2500, int8=True, seed=0):
     voxels, coords = random_voxels(cfg, n=n, seed=seed)
     model = place(build_scn(cfg), "cpu")
     batches = [(voxels, coords), random_voxels(cfg, n=n, seed=seed + 1)]
-    return export.prepare_scn(model, batches, int8=int8, progress=False), voxels, coords
+    return prepare_scn(model, batches, int8=int8, progress=False), voxels, coords
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def test_reentrancy_guard_records_an_op_once():
 
 def test_bevfusion_graph_meets_the_contract(bevfusion, tmp_path):
     model, voxels, coords = bevfusion
-    result = export.export_scn(model, voxels, coords, tmp_path / "scn.onnx")
+    result = export_scn(model, voxels, coords, tmp_path / "scn.onnx")
     saved = onnx.load(str(tmp_path / "scn.onnx"))
     assert check_contract(saved, op_counts=BEVFUSION_OPS) == []
     onnx.checker.check_model(saved)  # custom ops in their own domain pass the standard checker
@@ -94,7 +101,7 @@ def test_bevfusion_graph_meets_the_contract(bevfusion, tmp_path):
     weight = {t.name: t for t in saved.graph.initializer}["spconv0.weight"]
     assert list(weight.dims) == [16, 3, 3, 3, 5] and weight.data_type == onnx.TensorProto.FLOAT16
     # the dynamic ranges are the calibrated amax values
-    assert a["input_dynamic_range"] == pytest.approx(quantize.input_dynamic_range(model.conv_input[0]))
+    assert a["input_dynamic_range"] == pytest.approx(input_dynamic_range(model.conv_input[0]))
     # the file alone reproduces the PyTorch output
     diff = compare(result.output, run_graph(saved, voxels, coords))
     assert diff["max_abs"] <= 1e-4 and diff["cosine"] > 0.9999
@@ -104,7 +111,7 @@ def test_bevfusion_graph_meets_the_contract(bevfusion, tmp_path):
 def test_layouts_and_grids(grid, layout, tmp_path):
     cfg = get_config(grid, layout)
     model, voxels, coords = prepared(cfg, n=1500, int8=(layout == "xyz"))
-    result = export.export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=(layout == "xyz"))
+    result = export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=(layout == "xyz"))
     assert check_contract(tmp_path / "scn.onnx", op_counts=BEVFUSION_OPS) == []
     bev = 180 if grid == "bevfusion-0075" else 128
     assert list(result.output.shape) == [1, 256, bev, bev]
@@ -126,7 +133,7 @@ def test_two_exports_in_one_process_are_byte_identical(tmp_path):
     for i in range(2):
         cfg = get_config("bevfusion-01")
         model, voxels, coords = prepared(cfg, n=1200)
-        export.export_scn(model, voxels, coords, tmp_path / f"scn{i}.onnx")
+        export_scn(model, voxels, coords, tmp_path / f"scn{i}.onnx")
         files.append((tmp_path / f"scn{i}.onnx").read_bytes())
     assert files[0] == files[1]
     assert originals() == before
@@ -188,8 +195,8 @@ def test_a_network_of_another_design_exports_through_the_same_code(tmp_path):
     voxels, coords = tiny_inputs()
     with torch.no_grad():
         float_out = model(voxels, coords)
-    ready = export.prepare_scn(model, [(voxels, coords), tiny_inputs(1)], int8=True, progress=False)
-    result = export.export_scn(ready, voxels, coords, tmp_path / "tiny.onnx")
+    ready = prepare_scn(model, [(voxels, coords), tiny_inputs(1)], int8=True, progress=False)
+    result = export_scn(ready, voxels, coords, tmp_path / "tiny.onnx")
     ops = [n.op for n in result.tracer.nodes]
     assert ops == ["SparseConvolution"] * 3 + ["Add", "Relu"] + ["SparseConvolution"] * 2 + \
         ["ScatterDense", "Transpose", "Reshape"]
@@ -203,26 +210,26 @@ def test_a_network_of_another_design_exports_through_the_same_code(tmp_path):
 
 
 def test_unsupported_module_is_named_with_the_fix():
-    model = export.prepare_scn(place(TinyNet().eval(), "cpu"), [tiny_inputs()], int8=False, progress=False)
+    model = prepare_scn(place(TinyNet().eval(), "cpu"), [tiny_inputs()], int8=False, progress=False)
     model.block.out = nn.LeakyReLU()
     with pytest.raises(WorkbookError, match=r"module 'block.out' of type LeakyReLU has no ONNX handler.*register"):
-        export.trace_scn(model, *tiny_inputs())
+        trace_scn(model, *tiny_inputs())
     with pytest.raises(WorkbookError, match=r"'stem.1' of type BatchNorm1d .*fold it first"):
-        export.trace_scn(quantize.quantize_scn(TinyNet().eval()), *tiny_inputs())
+        trace_scn(quantize_scn(TinyNet().eval()), *tiny_inputs())
 
 
 def test_uncalibrated_int8_export_names_the_layers(tmp_path):
     cfg = get_config("bevfusion-01")
     voxels, coords = random_voxels(cfg, n=800)
-    model = quantize.prepare_scn(place(build_scn(cfg), "cpu"), voxels, coords)
+    model = set_precision(fuse(quantize_scn(place(build_scn(cfg), "cpu")), voxels, coords))
     with pytest.raises(WorkbookError, match=r"conv_input\.0"):
-        export.export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=True)
+        export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=True)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def test_contract_checker_lists_each_violation(bevfusion, tmp_path):
     model, voxels, coords = bevfusion
-    good = export.export_scn(model, voxels, coords).model
+    good = export_scn(model, voxels, coords).model
     bad = onnx.ModelProto()
     bad.CopyFrom(good)
     nodes = bad.graph.node
@@ -257,8 +264,8 @@ def test_real_bevfusion_voxels_re_run_from_the_file(tmp_path):
     voxels = torch.from_numpy(np.load(real_file("bevfusion_voxels_17748x5_fp16.npy")).astype(np.float32))
     coords = torch.from_numpy(np.load(real_file("bevfusion_coors_17748x4_bxyz_int32.npy")))
     cfg = get_config()
-    model = export.prepare_scn(place(build_scn(cfg), "cpu"), [(voxels, coords)], int8=True, progress=False)
-    result = export.export_scn(model, voxels, coords, tmp_path / "scn.onnx")
+    model = prepare_scn(place(build_scn(cfg), "cpu"), [(voxels, coords)], int8=True, progress=False)
+    result = export_scn(model, voxels, coords, tmp_path / "scn.onnx")
     assert check_contract(tmp_path / "scn.onnx", op_counts=BEVFUSION_OPS) == []
     diff = compare(result.output, run_graph(tmp_path / "scn.onnx", voxels, coords))
     assert diff["max_abs"] <= 1e-4 and diff["cosine"] >= 0.9999

@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import data, quantize
+from helpers.check.compare import compare
+from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.rerun import run_graph
 from helpers.config import get_config
-from helpers.export import export_scn, main, prepare_scn
+from helpers.data.points import read_points
+from helpers.data.scene import make_scene
+from helpers.data.voxelize import voxelize
+from helpers.export import main
 from helpers.model import build_scn, place
-from helpers.verify import BEVFUSION_OPS, check_contract, compare, run_graph
+from helpers.pipeline import export_scn, prepare_scn
+from helpers.quant.cost import int8_cost
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -24,10 +30,10 @@ CUDA = torch.device("cuda")
 
 def scans():
     """(name, points) for the full synthetic scene and the real 10-sweep scan when present."""
-    found = [("synthetic full", data.make_scene("full"))]
+    found = [("synthetic full", make_scene("full"))]
     real = Path(os.environ.get("SCN_DATA", DATA)) / "nuscenes_10sweeps_points.bin"
     if real.is_file():
-        found.append(("nuScenes 10 sweeps", data.read_points(real)))
+        found.append(("nuScenes 10 sweeps", read_points(real)))
     return found
 
 
@@ -46,8 +52,8 @@ def median_ms(fn, repeat=10):
 def test_voxelizer_on_gpu_equals_cpu():
     cfg = get_config()
     for name, points in scans():
-        v_cpu, c_cpu = data.voxelize(torch.from_numpy(points), cfg)
-        v_gpu, c_gpu = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        v_cpu, c_cpu = voxelize(torch.from_numpy(points), cfg)
+        v_gpu, c_gpu = voxelize(torch.from_numpy(points).to(CUDA), cfg)
         assert torch.equal(c_cpu, c_gpu.cpu())
         assert torch.allclose(v_cpu, v_gpu.cpu(), atol=1e-5)
         print(f"\nvoxelizer {name}: {len(points)} points -> {len(c_gpu)} voxels, GPU equals CPU")
@@ -57,7 +63,7 @@ def test_forward_fp32_and_fp16_on_gpu():
     cfg = get_config()
     cpu_model = place(build_scn(cfg), "cpu")
     for name, points in scans():
-        voxels, coords = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        voxels, coords = voxelize(torch.from_numpy(points).to(CUDA), cfg)
         with torch.no_grad():
             reference = cpu_model(voxels.cpu(), coords.cpu())
             model = place(build_scn(cfg), CUDA)
@@ -77,13 +83,13 @@ def test_forward_fp32_and_fp16_on_gpu():
 def test_int8_cost_and_fp16_export_on_gpu(tmp_path):
     cfg = get_config()
     for name, points in scans():
-        voxels, coords = data.voxelize(torch.from_numpy(points).to(CUDA), cfg)
-        calib = [(voxels, coords)] + [data.voxelize(torch.from_numpy(data.make_scene("full", seed=s)).to(CUDA), cfg)
+        voxels, coords = voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        calib = [(voxels, coords)] + [voxelize(torch.from_numpy(make_scene("full", seed=s)).to(CUDA), cfg)
                                       for s in (1, 2, 3)]
         start = time.perf_counter()
         model = prepare_scn(place(build_scn(cfg), CUDA), calib, int8=True, progress=False)
         prep_s = time.perf_counter() - start
-        cost = quantize.int8_cost(model, voxels, coords)
+        cost = int8_cost(model, voxels, coords)
         print(f"\nint8 {name}: fake-quant vs float cosine {cost['cosine']:.5f}, max abs {cost['max_abs']:.4f} "
               f"(prepare + calibrate on 4 scans {prep_s:.1f} s)")
         assert cost["cosine"] > 0.99

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers.errors import WorkbookError
-from helpers.graph_picture import graph_svg, op_counts, save_graph_svg
+from helpers.viz.graph_svg import graph_svg, op_counts, save_graph_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -17,8 +17,8 @@ import onnx
 import pytest
 
 from helpers.errors import WorkbookError
-from helpers.netron_view import (NetronServer, http_ok, netron_build_age_days, netron_build_date, netron_warning,
-                                 show_netron, wait_for_netron_graph)
+from helpers.viz.netron import (NetronServer, http_ok, netron_build_age_days, netron_build_date, netron_warning,
+                                show_netron, wait_for_netron_graph)
 from tests.conftest import ROOT
 from tests.test_graph_picture import toy_model
 
@@ -95,7 +95,7 @@ def test_a_missing_model_is_a_workbook_error(tmp_path):
 
 
 def test_the_netron_process_ends_with_the_python_that_started_it(toy_onnx):
-    script = ("import sys, time; from helpers.netron_view import NetronServer; "
+    script = ("import sys, time; from helpers.viz.netron import NetronServer; "
               f"s = NetronServer({str(toy_onnx)!r}).start(); print(s.port, s.folder, s.process.pid, flush=True); "
               "time.sleep(float(sys.argv[1]))")
     for pause, how in [("0", "normal exit (atexit)"), ("60", "killed")]:

@@ -1,4 +1,4 @@
-"""Tests of helpers.quantize on small random scans (CPU, fp32): conversion, BN folding, ReLU fusion,
+"""Tests of helpers.quant on small random scans (CPU, fp32): conversion, BN folding, ReLU fusion,
 calibration, precision flags and the errors a learner can run into."""
 import copy
 
@@ -8,10 +8,17 @@ import torch
 from pytorch_quantization.tensor_quant import fake_tensor_quant
 from torch import nn
 
-from helpers import quantize as Q
+from helpers.check.compare import compare
 from helpers.config import get_config
 from helpers.errors import WorkbookError
 from helpers.model import ResidualAdd, build_scn, place
+from helpers.quant.calibrate import calibrate, mse_amax
+from helpers.quant.cost import int8_cost
+from helpers.quant.fuse import fold_bn, fuse, fuse_relu
+from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers, quantize_scn
+from helpers.quant.precision import quantizers_disabled, set_precision, set_quantizers
+from helpers.quant.ranges import (add_dynamic_range, amax_table, check_calibrated, input_dynamic_range,
+                                  weight_dynamic_ranges)
 
 
 def random_scan(seed, n=3000, channels=5, region=(40, 40, 12), offset=(480, 480, 14)):
@@ -43,19 +50,19 @@ def float_scn():
 
 @pytest.fixture(scope="module")
 def prepared(float_scn, scan):
-    return Q.prepare_scn(copy.deepcopy(float_scn), *scan)
+    return set_precision(fuse(quantize_scn(copy.deepcopy(float_scn)), *scan))
 
 
 @pytest.fixture(scope="module")
 def calibrated(prepared):
-    return Q.calibrate(copy.deepcopy(prepared), [random_scan(1), random_scan(2)], progress=False)
+    return calibrate(copy.deepcopy(prepared), [random_scan(1), random_scan(2)], progress=False)
 
 
 # --- conversion and fusion of BEVFusion's SCN ---
 
 def test_module_counts_after_prepare(prepared):
-    assert count(prepared, Q.QuantSparseConv) == 21
-    assert count(prepared, Q.QuantAdd) == 8
+    assert count(prepared, QuantSparseConv) == 21
+    assert count(prepared, QuantAdd) == 8
     assert count(prepared, spconv.conv.SparseConvolution) == 21  # no float conv left
     assert count(prepared, ResidualAdd) == 0
     assert count(prepared, nn.BatchNorm1d) == 0  # all folded
@@ -71,28 +78,28 @@ def test_module_paths_are_kept(float_scn, prepared):
     for path, module in float_scn.named_modules():
         assert path in paths  # BN and fused ReLU paths now hold nn.Identity
         if isinstance(module, spconv.conv.SparseConvolution):
-            assert isinstance(paths[path], Q.QuantSparseConv) and paths[path].layer_name == path
+            assert isinstance(paths[path], QuantSparseConv) and paths[path].layer_name == path
             assert paths[path].indice_key == module.indice_key and paths[path].subm == module.subm
-    assert isinstance(paths["encoder_layers.encoder_layer1.0.add"], Q.QuantAdd)
+    assert isinstance(paths["encoder_layers.encoder_layer1.0.add"], QuantAdd)
     assert isinstance(paths["encoder_layers.encoder_layer1.0.bn1"], nn.Identity)
 
 
 def test_quantize_scn_is_idempotent(float_scn):
-    model = Q.quantize_scn(copy.deepcopy(float_scn))
+    model = quantize_scn(copy.deepcopy(float_scn))
     before = dict(model.named_modules())
-    Q.quantize_scn(model)
+    quantize_scn(model)
     after = dict(model.named_modules())
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
 
 
 def test_unfused_quant_model_equals_float_exactly(float_scn, scan):
-    model = Q.quantize_scn(copy.deepcopy(float_scn))
-    with torch.no_grad(), Q.quantizers_disabled(model):
+    model = quantize_scn(copy.deepcopy(float_scn))
+    with torch.no_grad(), quantizers_disabled(model):
         assert torch.equal(model(*scan), float_scn(*scan))
 
 
 def test_fused_model_equals_float(float_scn, prepared, scan):
-    with torch.no_grad(), Q.quantizers_disabled(prepared):
+    with torch.no_grad(), quantizers_disabled(prepared):
         fused = prepared(*scan)
         reference = float_scn(*scan)
     assert fused.shape == (1, 256, 128, 128)
@@ -102,8 +109,8 @@ def test_fused_model_equals_float(float_scn, prepared, scan):
 # --- calibration ---
 
 def test_calibration_gives_finite_positive_amax(calibrated):
-    Q.check_calibrated(calibrated)
-    rows = Q.amax_table(calibrated)
+    check_calibrated(calibrated)
+    rows = amax_table(calibrated)
     assert len(rows) == 21 * 2 + 8
     assert rows[0]["layer"] == "conv_input.0" and rows[0]["quantizer"] == "input"
     for row in rows:
@@ -113,39 +120,39 @@ def test_calibration_gives_finite_positive_amax(calibrated):
         else:
             assert row["amax"] > 0 and row["channels"] == 1
     for m in calibrated.modules():
-        if isinstance(m, Q.QuantSparseConv):
-            ranges = Q.weight_dynamic_ranges(m)
+        if isinstance(m, QuantSparseConv):
+            ranges = weight_dynamic_ranges(m)
             assert len(ranges) == m.out_channels and all(r > 0 for r in ranges)
-            assert Q.input_dynamic_range(m) > 0
-        if isinstance(m, Q.QuantAdd):
-            assert Q.add_dynamic_range(m) > 0
+            assert input_dynamic_range(m) > 0
+        if isinstance(m, QuantAdd):
+            assert add_dynamic_range(m) > 0
 
 
 def test_weight_amax_is_per_output_channel_max(calibrated):
     conv = calibrated.get_submodule("encoder_layers.encoder_layer2.0.conv1")
     expected = conv.weight.detach().abs().amax(dim=(1, 2, 3, 4))  # [C_out]
-    assert Q.weight_dynamic_ranges(conv) == expected.tolist()
+    assert weight_dynamic_ranges(conv) == expected.tolist()
 
 
 def test_int8_output_close_to_float(calibrated, scan):
-    cost = Q.int8_cost(calibrated, *scan)
+    cost = int8_cost(calibrated, *scan)
     print(f"int8 cost on a {len(scan[0])}-voxel scan: {cost}")
     assert cost["cosine"] > 0.99 and 0 < cost["max_abs"] < 1
     with torch.no_grad():
         quantized = calibrated(*scan)  # quantizers are on after calibrate()
-        with Q.quantizers_disabled(calibrated):
+        with quantizers_disabled(calibrated):
             plain = calibrated(*scan)
     assert not torch.equal(quantized, plain)
-    assert Q.compare_outputs(quantized, plain) == cost
+    assert compare(quantized, plain) == cost
 
 
 def test_calibrate_twice_gives_the_same_amax(calibrated):
-    again = Q.calibrate(copy.deepcopy(calibrated), [random_scan(1), random_scan(2)], progress=False)
-    assert Q.amax_table(again) == Q.amax_table(calibrated)
+    again = calibrate(copy.deepcopy(calibrated), [random_scan(1), random_scan(2)], progress=False)
+    assert amax_table(again) == amax_table(calibrated)
 
 
 def test_mse_amax_matches_the_reference_loop():
-    quantizer = Q.QuantAdd().quantizer
+    quantizer = QuantAdd().quantizer
     quantizer.disable_quant()
     quantizer.enable_calib()
     for scale in (1.0, 4.0, 2.5):  # the histogram grows past 2048 bins
@@ -153,23 +160,23 @@ def test_mse_amax_matches_the_reference_loop():
     hist, edges = quantizer._calibrator._calib_hist, quantizer._calibrator._calib_bin_edges
     centers = (edges[1:] + edges[:-1]) / 2
     errors = [((fake_tensor_quant(centers, a, 8) - centers) ** 2 * hist).mean() for a in centers[128:]]
-    assert Q.mse_amax(quantizer._calibrator) == float(centers[128 + int(torch.stack(errors).argmin())])
+    assert mse_amax(quantizer._calibrator) == float(centers[128 + int(torch.stack(errors).argmin())])
 
 
 def test_calibrate_without_batches_raises(prepared):
     with pytest.raises(WorkbookError, match="no batches"):
-        Q.calibrate(prepared, [])
+        calibrate(prepared, [])
 
 
 def test_uncalibrated_model_is_named(prepared):
     with pytest.raises(WorkbookError, match=r"conv_input\.0\.input .*and \d+ more.*calibrate"):
-        Q.check_calibrated(prepared)
+        check_calibrated(prepared)
     with pytest.raises(WorkbookError, match=r"conv_input\.0 has no amax.*calibrate"):
-        Q.input_dynamic_range(prepared.get_submodule("conv_input.0"))
+        input_dynamic_range(prepared.get_submodule("conv_input.0"))
     with pytest.raises(WorkbookError, match=r"conv_out\.0 has no amax in its weight"):
-        Q.weight_dynamic_ranges(prepared.get_submodule("conv_out.0"))
+        weight_dynamic_ranges(prepared.get_submodule("conv_out.0"))
     with pytest.raises(WorkbookError, match=r"encoder_layer1\.0\.add has no amax"):
-        Q.add_dynamic_range(prepared.get_submodule("encoder_layers.encoder_layer1.0.add"))
+        add_dynamic_range(prepared.get_submodule("encoder_layers.encoder_layer1.0.add"))
 
 
 def test_nan_amax_is_named(calibrated):
@@ -177,15 +184,15 @@ def test_nan_amax_is_named(calibrated):
     add = model.get_submodule("encoder_layers.encoder_layer3.1.add")
     add.quantizer.amax = float("nan")
     with pytest.raises(WorkbookError, match=r"1 of 50 .*encoder_layer3\.1\.add\.add \(non-finite amax\)"):
-        Q.check_calibrated(model)
+        check_calibrated(model)
     with pytest.raises(WorkbookError, match="non-finite"):
-        Q.add_dynamic_range(add)
+        add_dynamic_range(add)
 
 
 # --- precision and quantizer switches ---
 
 def test_precision_pattern(prepared):
-    layers = [m for m in prepared.modules() if isinstance(m, (Q.QuantSparseConv, Q.QuantAdd))]
+    layers = [m for m in prepared.modules() if isinstance(m, (QuantSparseConv, QuantAdd))]
     first, last = prepared.get_submodule("conv_input.0"), prepared.get_submodule("conv_out.0")
     assert (first.precision, first.output_precision) == ("fp16", "int8")
     assert (last.precision, last.output_precision) == ("int8", "fp16")
@@ -193,27 +200,27 @@ def test_precision_pattern(prepared):
         if m is not first and m is not last:
             assert (m.precision, m.output_precision) == ("int8", "int8")
     try:
-        Q.set_precision(prepared, int8=False)
+        set_precision(prepared, int8=False)
         assert all(m.precision == m.output_precision == "fp16" for m in layers)
     finally:
-        Q.set_precision(prepared)
+        set_precision(prepared)
     assert first.precision == "fp16" and last.output_precision == "fp16"
 
 
 def test_quantizers_disabled_restores_state_after_exception(calibrated):
-    quantizers = [q for _, _, q in Q.named_quantizers(calibrated)]
+    quantizers = [q for _, _, q in named_quantizers(calibrated)]
     quantizers[3].disable()  # a mixed state must come back as it was
     before = [q._disabled for q in quantizers]
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            with Q.quantizers_disabled(calibrated):
+            with quantizers_disabled(calibrated):
                 assert all(q._disabled for q in quantizers)
                 raise RuntimeError("boom")
         assert [q._disabled for q in quantizers] == before
-        Q.set_quantizers(calibrated, False)
+        set_quantizers(calibrated, False)
         assert all(q._disabled for q in quantizers)
     finally:
-        Q.set_quantizers(calibrated, True)
+        set_quantizers(calibrated, True)
     assert not any(q._disabled for q in quantizers)
 
 
@@ -269,18 +276,18 @@ def toy_scan(seed):
 
 def test_generic_network_is_converted(scan):
     reference = place(ToyNet().eval(), "cpu")
-    model = Q.prepare_scn(copy.deepcopy(reference), *toy_scan(0))
-    assert count(model, Q.QuantSparseConv) == 4 and count(model, Q.QuantAdd) == 1
+    model = set_precision(fuse(quantize_scn(copy.deepcopy(reference)), *toy_scan(0)))
+    assert count(model, QuantSparseConv) == 4 and count(model, QuantAdd) == 1
     assert count(model, nn.BatchNorm1d) == 0 and count(model, nn.ReLU) == 1  # the ReLU after the add stays
-    assert [m.activation for m in model.modules() if isinstance(m, Q.QuantSparseConv)] == \
+    assert [m.activation for m in model.modules() if isinstance(m, QuantSparseConv)] == \
         ["ReLU", "None", "ReLU", "None"]  # stem, res.conv, down, head
     assert model.stem[0].precision == "fp16" and model.head.output_precision == "fp16"
     assert model.res.conv.precision == model.res.conv.output_precision == "int8"
-    with torch.no_grad(), Q.quantizers_disabled(model):
+    with torch.no_grad(), quantizers_disabled(model):
         assert relative_error(model(*toy_scan(3)), reference(*toy_scan(3))) < 1e-5
-    Q.calibrate(model, [toy_scan(1)], method="percentile", progress=False)
-    assert len(Q.weight_dynamic_ranges(model.down[0])) == 16
-    assert Q.int8_cost(model, *toy_scan(3))["cosine"] > 0.99
+    calibrate(model, [toy_scan(1)], method="percentile", progress=False)
+    assert len(weight_dynamic_ranges(model.down[0])) == 16
+    assert int8_cost(model, *toy_scan(3))["cosine"] > 0.99
 
 
 def test_shared_relu_raises():
@@ -296,9 +303,9 @@ def test_shared_relu_raises():
             y = self.relu(self.conv(x).features)
             return self.relu(self.add(y, voxels))
 
-    model = Q.quantize_scn(place(SharedReLU().eval(), "cpu"))
+    model = quantize_scn(place(SharedReLU().eval(), "cpu"))
     with pytest.raises(WorkbookError, match="separate ReLU"):
-        Q.fuse_relu(model, *toy_scan(0))
+        fuse_relu(model, *toy_scan(0))
 
 
 def test_conv_output_with_two_readers_is_not_folded():
@@ -313,12 +320,12 @@ def test_conv_output_with_two_readers_is_not_folded():
             y = self.conv(spconv.SparseConvTensor(voxels, coords, [24, 24, 8], 1)).features
             return self.add(self.bn(y), y)  # the raw conv output is also read by the add
 
-    model = Q.quantize_scn(place(TwoReaders().eval(), "cpu"))
+    model = quantize_scn(place(TwoReaders().eval(), "cpu"))
     with pytest.raises(WorkbookError, match="other layers also read"):
-        Q.fold_bn(model, *toy_scan(0))
+        fold_bn(model, *toy_scan(0))
 
 
 def test_fusion_needs_eval_mode():
-    model = Q.quantize_scn(place(ToyNet().train(), "cpu"))
+    model = quantize_scn(place(ToyNet().train(), "cpu"))
     with pytest.raises(WorkbookError, match="eval"):
-        Q.fold_bn(model, *toy_scan(0))
+        fold_bn(model, *toy_scan(0))

@@ -8,7 +8,7 @@ from torch import nn
 
 from helpers.errors import WorkbookError
 from helpers.toy import TOY_REGISTRY, ToyAdd, ToyNet, export_toy, make_toy_input, trace_toy
-from helpers.tracing import Registry
+from helpers.trace.registry import Registry
 
 EXPECTED_NODES = [  # (name, op, inputs, outputs): the trace of ToyNet on [1, 3, 8, 8]
     ("conv0", "Conv", ["0", "conv0.weight", "conv0.bias"], ["1"]),

@@ -7,22 +7,29 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from helpers import data, export, quantize, viz
 from helpers.config import get_config
+from helpers.data.scene import make_scene
+from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
 from helpers.model import build_scn, place, spatial_shapes
+from helpers.pipeline import export_scn, prepare_scn
+from helpers.quant.ranges import amax_table, input_dynamic_range
+from helpers.viz.pictures import (bev_map, block_sum, histograms, next_conv_amax, occupancy_grid, occupancy_image,
+                                  stage_chart)
+from helpers.viz.recorder import StageRecorder
+from helpers.viz.stepper import node_html, node_stepper, nodes_table_html, tensor_map_html
 
 
 @pytest.fixture(scope="module")
 def trace():
     """(prepared model, recorder, export result, printed node lines) for the small scene, int8, on the CPU."""
     cfg = get_config()
-    batches = [data.voxelize(torch.from_numpy(data.make_scene("small", seed=s)), cfg) for s in range(2)]
-    model = export.prepare_scn(place(build_scn(cfg), "cpu"), batches, int8=True, progress=False)
-    recorder = viz.StageRecorder(print_nodes=True)
+    batches = [voxelize(torch.from_numpy(make_scene("small", seed=s)), cfg) for s in range(2)]
+    model = prepare_scn(place(build_scn(cfg), "cpu"), batches, int8=True, progress=False)
+    recorder = StageRecorder(print_nodes=True)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), recorder.watch(model):
-        result = export.export_scn(model, *batches[0], on_node=recorder)
+        result = export_scn(model, *batches[0], on_node=recorder)
     return model, recorder, result, printed.getvalue().splitlines(), batches
 
 
@@ -58,31 +65,31 @@ def test_stage_outputs_have_the_expected_grids_and_samples(trace):
 
 def test_watching_adds_no_node_and_leaves_no_hook(trace, tmp_path):
     model, recorder, result, _, batches = trace
-    plain = export.export_scn(model, *batches[0])
+    plain = export_scn(model, *batches[0])
     assert plain.model.SerializeToString(deterministic=True) == result.model.SerializeToString(deterministic=True)
     assert all(not m._forward_hooks for m in model.modules())
-    again = viz.StageRecorder()
+    again = StageRecorder()
     with again.watch(model):  # a re-run gives the same recording
-        export.export_scn(model, *batches[0], on_node=again)
+        export_scn(model, *batches[0], on_node=again)
     assert [s.voxels for s in again.stages] == [s.voxels for s in recorder.stages]
     assert all((a.values == b.values).all() for a, b in zip(again.stages, recorder.stages))
 
 
 def test_figures_have_one_axis_per_picture(trace):
     model, recorder, result, _, _ = trace
-    assert isinstance(viz.stage_chart(recorder), Figure) and len(viz.stage_chart(recorder).axes) == 1
-    assert len(viz.occupancy_grid(recorder).axes) == 6
-    assert len(viz.histograms(recorder, quantize.amax_table(model)).axes) == 6
-    assert len(viz.bev_map(result.output).axes) == 2  # the image and its colour bar
+    assert isinstance(stage_chart(recorder), Figure) and len(stage_chart(recorder).axes) == 1
+    assert len(occupancy_grid(recorder).axes) == 6
+    assert len(histograms(recorder, amax_table(model)).axes) == 6
+    assert len(bev_map(result.output).axes) == 2  # the image and its colour bar
 
 
 def test_histograms_mark_the_next_convs_input_amax(trace):
     model, recorder, _, _, _ = trace
-    rows = quantize.amax_table(model)
+    rows = amax_table(model)
     first = model.encoder_layers.encoder_layer1[0].conv1
-    assert viz.next_conv_amax(recorder, recorder.stages[0], rows) == pytest.approx(quantize.input_dynamic_range(first))
-    assert viz.next_conv_amax(recorder, recorder.stages[-1], rows) is None  # conv_out: nothing after it
-    fig = viz.histograms(recorder, rows)
+    assert next_conv_amax(recorder, recorder.stages[0], rows) == pytest.approx(input_dynamic_range(first))
+    assert next_conv_amax(recorder, recorder.stages[-1], rows) is None  # conv_out: nothing after it
+    fig = histograms(recorder, rows)
     red_lines = [len([l for l in ax.lines if l.get_color() == "#cc0000"]) for ax in fig.axes]
     assert red_lines == [2, 2, 2, 2, 2, 0]
 
@@ -90,14 +97,14 @@ def test_histograms_mark_the_next_convs_input_amax(trace):
 def test_occupancy_image_counts_every_voxel(trace):
     _, recorder, _, _, _ = trace
     for stage in recorder.stages:
-        image = viz.occupancy_image(stage)
+        image = occupancy_image(stage)
         assert image.shape == (stage.spatial_shape[1], stage.spatial_shape[0]) and image.sum() == stage.voxels
-        assert viz.block_sum(image, 4).sum() == stage.voxels
+        assert block_sum(image, 4).sum() == stage.voxels
 
 
 def test_stepper_next_and_previous_change_the_view(trace):
     _, recorder, result, _, _ = trace
-    stepper = viz.node_stepper(result.tracer.nodes, recorder)
+    stepper = node_stepper(result.tracer.nodes, recorder)
     assert "scn-node-view" in stepper.view._dom_classes
     assert (stepper.previous_button.description, stepper.next_button.description) == ("Previous", "Next")
     assert "conv0" in stepper.view.value and "conv1" not in stepper.view.value
@@ -114,7 +121,7 @@ def test_stepper_next_and_previous_change_the_view(trace):
 
 def test_stepper_shows_the_attributes(trace):
     _, recorder, result, _, _ = trace
-    html = viz.node_html(recorder.records[9], 40)
+    html = node_html(recorder.records[9], 40)
     for text in ("conv5", "SparseConvolution", "node 10 of 40", "output_spatial_shape", "[720, 720, 21]",
                  "spconv1", "weight_dynamic_ranges", "(32 values)"):
         assert text in html
@@ -122,17 +129,17 @@ def test_stepper_shows_the_attributes(trace):
 
 def test_tensor_map_has_one_row_per_tensor_name(trace):
     _, _, result, _, _ = trace
-    full = viz.tensor_map_html(result.tracer)
+    full = tensor_map_html(result.tracer)
     assert full.count("<tr class='tensor-row'>") == 41  # tensors "0" .. "40"
     assert "graph input" in full and "reshape0 (Reshape)" in full and "alias" in full  # .contiguous() of "39"
-    assert viz.tensor_map_html(result.tracer, upto=5).count("<tr class='tensor-row'>") == 6
-    bare = viz.tensor_map_html(dict(result.tracer.obj_to_tensor_id))
+    assert tensor_map_html(result.tracer, upto=5).count("<tr class='tensor-row'>") == 6
+    bare = tensor_map_html(dict(result.tracer.obj_to_tensor_id))
     assert bare.count("<tr class='tensor-row'>") == 41
 
 
 def test_nodes_table_has_40_rows(trace):
     _, recorder, _, _, _ = trace
-    table = viz.nodes_table_html(recorder)
+    table = nodes_table_html(recorder)
     assert table.count("<tr>") == 41  # header + 40 nodes
     assert "int8 -&gt; fp16" in table and "fp16 -&gt; int8" in table
 
@@ -140,8 +147,8 @@ def test_nodes_table_has_40_rows(trace):
 def test_mistakes_are_one_line_errors(trace):
     _, recorder, result, _, _ = trace
     with pytest.raises(WorkbookError, match="recorder.watch"):
-        viz.stage_chart(viz.StageRecorder())
+        stage_chart(StageRecorder())
     with pytest.raises(WorkbookError, match=r"\[1, C, H, W\]"):
-        viz.bev_map(torch.zeros(256, 180, 180))
+        bev_map(torch.zeros(256, 180, 180))
     with pytest.raises(WorkbookError, match="no record"):
-        viz.node_stepper(result.tracer.nodes, viz.StageRecorder())
+        node_stepper(result.tracer.nodes, StageRecorder())

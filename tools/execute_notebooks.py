@@ -59,8 +59,28 @@ def write_outputs(nb: nbformat.NotebookNode, stem: Path):
     except ImportError:  # a bare GPU machine may lack nbconvert: the .ipynb is still written
         print(f"note: nbconvert is not installed, so {stem}.html was not written")
         return
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    body, _ = HTMLExporter(**offline_settings(stem.parent)).from_notebook_node(nb)
     Path(str(stem) + ".html").write_text(body, encoding="utf-8")
+
+
+def offline_settings(folder: Path) -> dict:
+    """HTMLExporter settings that take require.js, MathJax and the widget manager from folder/vendor/.
+
+    The page then needs no network: the widgets' saved state is drawn by a local copy of the widget manager
+    and the pictures are inside the page. Without npm and an empty cache (tools/web_assets.py), the CDN is used.
+    """
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import web_assets  # tools/web_assets.py
+    try:
+        web_assets.vendor(folder)
+    except web_assets.WebAssetsError as error:
+        print(f"note: the HTML in {folder} loads its scripts from the CDN: {error}")
+        return {"embed_images": True}
+    local = web_assets.urls()
+    return {"embed_images": True, "extra_template_basedirs": [str(ROOT / "tools" / "templates")],
+            "template_name": "lab_offline",
+            **{k: local[k] for k in ("require_js_url", "mathjax_url", "widget_renderer_url")}}
 
 
 def find_notebook(name: str) -> Path:

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Install the system packages the browser test needs (Debian's Chromium), when missing and possible.
-# Without root (a laptop), nothing is installed and the browser test skips with a message.
+# Install the system packages the browser tests need, when missing and possible: Debian's Chromium, and a
+# Chinese font so that the bilingual headings show in screenshots (a student's own browser has its fonts).
+# Without root (a laptop), nothing is installed and the browser tests skip with a message.
 set -euo pipefail
-if [ -x /usr/bin/chromium ]; then exit 0; fi
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "note: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get);" \
-       "the browser test will be skipped. Install it with: sudo apt-get install chromium" >&2
+  echo "note: ${missing[*]} missing and cannot be installed here (needs root and apt-get);" \
+       "the browser tests may be skipped. Install with: sudo apt-get install ${missing[*]}" >&2
   exit 0
 fi
-echo "installing chromium with apt-get (once)..."
+echo "installing ${missing[*]} with apt-get (once)..."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from helpers.model import ResidualAdd
-from helpers.quantize import QuantAdd, QuantSparseConv
-from helpers.tracing import Registry, Tracer
+from helpers.quant.modules import QuantAdd, QuantSparseConv
+from helpers.trace.registry import Registry
+from helpers.trace.tracer import Tracer
 
 REGISTRY = Registry()
 

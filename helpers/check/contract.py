@@ -1,20 +1,11 @@
-"""Two independent checks of a saved SCN graph.
-
-check_contract(model)  lists every way the file breaks design/ONNX_CONTRACT.md (empty list = passes).
-run_graph(model, ...)  executes the file from its nodes, attributes and initializers alone, with spconv
-                       underneath, so its output can be compared with the PyTorch network's.
-"""
+"""check_contract(model): every way a saved SCN graph breaks the contract (an empty list: it passes)."""
 import math
 from typing import Dict, List, Optional
 
-import numpy as np
 import onnx
-import spconv.pytorch as spconv
-import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from helpers.model import place
-from helpers.tracing import NODE_PREFIX
+from helpers.trace.tracer import NODE_PREFIX
 
 INT, INTS, FLOAT, FLOATS, STRING = (onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT,
                                     onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRING)
@@ -136,45 +127,3 @@ def _check_conv(node, a, inits, where, say):
         say(f"{where}: weight_dynamic_ranges has {len(ranges)} values for {a.get('out_channels')} channels")
 
 
-@torch.no_grad()
-def run_graph(model, voxels: torch.Tensor, coords: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """Execute a saved SCN graph with spconv: every number comes from the file, none from PyTorch modules."""
-    model = load(model)
-    device = voxels.device
-    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float32)) for t in model.graph.initializer}
-    first = attributes(model.graph.node[0])
-    features = voxels.half().to(dtype)  # the graph input is FLOAT16, whatever `dtype` computes in
-    values = {"0": spconv.SparseConvTensor(features, coords.int(),
-                                           list(first["input_spatial_shape"]), 1)}  # name -> tensor
-    for node in model.graph.node:
-        a = {k: _decoded(v) for k, v in attributes(node).items()}
-        x = values[node.input[0]]
-        if node.op_type == "SparseConvolution":
-            kind = spconv.SubMConv3d if a["subm"] else spconv.SparseConv3d
-            conv = kind(a["in_channels"], a["out_channels"], a["kernel_size"], stride=a["stride"],
-                        padding=a["padding"], dilation=a["dilation"], bias=False, indice_key=a["rulebook"] or None)
-            conv.weight.data.copy_(weights[node.input[1]])
-            place(conv, device, dtype)
-            y = conv(x)
-            features = y.features + weights[node.input[2]].to(device, dtype)
-            y = y.replace_feature(torch.relu(features) if a["activation"] == "ReLU" else features)
-        elif node.op_type == "Add":
-            y = x.replace_feature(x.features + values[node.input[1]].features)
-        elif node.op_type == "Relu":
-            y = x.replace_feature(torch.relu(x.features))
-        elif node.op_type == "ScatterDense":
-            y = x.dense()  # [1, C, *spatial]
-            assert list(y.shape) == a["output_shape"], f"{node.name}: dense {list(y.shape)} != {a['output_shape']}"
-        elif node.op_type == "Transpose":
-            y = x.permute(*a["dims"])
-        elif node.op_type == "Reshape":
-            y = x.reshape(*a["dims"])
-        values[node.output[0]] = y
-    return values[model.graph.output[0].name]
-
-
-def compare(reference: torch.Tensor, candidate: torch.Tensor) -> Dict[str, float]:
-    """Max abs error and cosine similarity of two outputs, in float64."""
-    a, b = reference.double().flatten(), candidate.double().flatten()
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item() if a.norm() * b.norm() > 0 else 1.0
-    return dict(max_abs=(a - b).abs().max().item(), cosine=cosine)

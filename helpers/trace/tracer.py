@@ -1,52 +1,25 @@
-"""Record the ops a network runs, node by node, by patching chosen methods inside `with tracing(...)`.
+"""The state of one trace: the nodes, the initializers and the names of the tensors.
 
-Three pieces, each small:
-    Registry  - `@registry.register(Class, "method")` binds a handler to a method; nothing is patched yet.
-    Tracer    - the trace state: nodes, initializers, the obj_to_tensor_id map, a keep-alive list and
-                one counter per op type. It lives on an object, so two traces never share state.
-    tracing() - patches every registered method for the duration of a `with` block and puts every
-                original back on exit, in reverse order, also when the traced code raises.
-A handler has the signature `handler(tracer, output, self, *args, **kwargs)`: it is called after the
-original method ran and writes one node (or none) describing what happened.
+    Tracer  - nodes, initializers, the obj_to_tensor_id map, a keep-alive list and one counter per op
+              type. It lives on an object, so two traces never share state.
+    Node    - one recorded op: what the ONNX node will hold, plus `info` for people.
+    check_supported(model, registry) - every leaf module has a handler, or a clear error before tracing.
 """
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from helpers.errors import WorkbookError
 
+if TYPE_CHECKING:  # the registry module imports this one
+    from helpers.trace.registry import Registry
+
 # ONNX op type -> prefix of its node names: conv0, conv1, add0, relu0, scatter0, ...
 NODE_PREFIX = {"SparseConvolution": "conv", "Add": "add", "Relu": "relu", "ScatterDense": "scatter",
                "Transpose": "transpose", "Reshape": "reshape"}
-
-
-@dataclass
-class Patch:
-    """One registered method: `owner.name` is replaced by a wrapper that calls `handler`."""
-    owner: type
-    name: str
-    handler: Callable
-
-
-class Registry:
-    """An ordered table of (class, method) -> handler, filled by a decorator factory."""
-
-    def __init__(self):
-        self.patches: List[Patch] = []
-
-    def register(self, owner: type, name: str):
-        """`@registry.register(nn.ReLU, "forward")` records the handler and returns it unchanged."""
-        def decorator(handler: Callable) -> Callable:
-            self.patches.append(Patch(owner, name, handler))
-            return handler
-        return decorator
-
-    def handled_types(self) -> tuple:
-        return tuple(p.owner for p in self.patches if p.name == "forward")
 
 
 @dataclass
@@ -112,7 +85,7 @@ class Tracer:
         """The name of a tensor seen before; an unknown tensor means an op ran untraced."""
         if not self.knows(tensor):
             raise WorkbookError(f"{user} reads a tensor {tuple(tensor.shape)} that no traced op produced; "
-                                "register a handler for the op that made it (helpers.handlers)")
+                                "register a handler for the op that made it (helpers.trace.handlers)")
         return self.obj_to_tensor_id[id(tensor)]
 
     def add_initializer(self, name: str, tensor: torch.Tensor) -> str:
@@ -139,45 +112,11 @@ class Tracer:
         return self.module_names.get(id(module), type(module).__name__)
 
 
-def make_wrapper(tracer: Tracer, original: Callable, handler: Callable) -> Callable:
-    """The function that stands in for a registered method while tracing."""
-    def traced(*args, **kwargs):
-        if tracer.busy:  # called from inside another traced op (e.g. permute inside dense): not a node
-            return original(*args, **kwargs)
-        tracer.busy = True
-        try:
-            output = original(*args, **kwargs)
-            handler(tracer, output, *args, **kwargs)
-        finally:
-            tracer.busy = False
-        return output
-    traced.__wrapped__ = original
-    return traced
-
-
-@contextmanager
-def tracing(tracer: Tracer, registry: Registry):
-    """Patch every registered method for the `with` block; restore the exact originals afterwards."""
-    undo = []  # (owner, name, what owner.__dict__ held or None), in the order applied
-    try:
-        for patch in registry.patches:
-            own = patch.owner.__dict__.get(patch.name)  # None when the method is inherited
-            undo.append((patch.owner, patch.name, own))
-            setattr(patch.owner, patch.name, make_wrapper(tracer, getattr(patch.owner, patch.name), patch.handler))
-        yield tracer
-    finally:
-        for owner, name, own in reversed(undo):
-            if own is None:
-                delattr(owner, name)  # the inherited method shows through again
-            else:
-                setattr(owner, name, own)
-
-
 # Leaf modules that write no node: their forward passes features through or is part of a traced op.
 PASS_THROUGH = (nn.Identity,)
 
 
-def check_supported(model: nn.Module, registry: Registry, allowed: tuple = ()) -> Dict[int, str]:
+def check_supported(model: nn.Module, registry: "Registry", allowed: tuple = ()) -> Dict[int, str]:
     """Every module's path by id(); raises for a leaf module the exporter has no handler for.
 
     One walk down the module tree; the inside of a handled module (a quantizer in a conv) is its
@@ -192,10 +131,10 @@ def check_supported(model: nn.Module, registry: Registry, allowed: tuple = ()) -
             return
         children = list(module.named_children())
         if not children:  # a leaf that computes something
-            hint = " (fold it first: helpers.quantize.fold_bn)" if isinstance(module, nn.BatchNorm1d) else ""
+            hint = " (fold it first: helpers.quant.fuse.fold_bn)" if isinstance(module, nn.BatchNorm1d) else ""
             raise WorkbookError(f"module '{path}' of type {type(module).__name__} has no ONNX handler{hint}; "
                                 f"write one with @REGISTRY.register({type(module).__name__}, 'forward') "
-                                "in helpers.handlers")
+                                "in helpers.trace.handlers")
         for name, child in children:
             visit(child, f"{path}.{name}" if path else name)
     visit(model, "")

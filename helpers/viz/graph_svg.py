@@ -9,7 +9,6 @@ The same model always gives the same bytes (integer coordinates, graph order, no
 In a notebook: `IPython.display.SVG(graph_svg(model))`.
 """
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -19,6 +18,7 @@ import onnx
 from onnx import helper
 
 from helpers.errors import WorkbookError
+from helpers.files import write_atomic
 
 MARGIN, COLUMN_WIDTH, BOX_WIDTH, BOX_HEIGHT, ROW_PITCH = 20, 300, 230, 48, 64
 ROWS_PER_COLUMN, MAX_COLUMNS = 15, 4
@@ -187,9 +187,4 @@ def graph_svg(model_or_path, columns: int = 0) -> str:
 
 def save_graph_svg(model_or_path, svg_path) -> Path:
     """Write `graph_svg(...)` to `svg_path` atomically (a temporary file renamed into place)."""
-    svg_path = Path(svg_path)
-    svg_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = svg_path.with_name(svg_path.name + ".tmp")  # same folder, so the rename is atomic
-    temporary.write_text(graph_svg(model_or_path), encoding="utf-8")
-    os.replace(temporary, svg_path)
-    return svg_path
+    return write_atomic(svg_path, graph_svg(model_or_path))

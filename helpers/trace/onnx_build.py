@@ -1,4 +1,4 @@
-"""Turn a finished trace into an ONNX model with onnx.helper, one call per piece, and save it.
+"""Turn a finished trace into an ONNX model with onnx.helper, one call per piece.
 
     nodes         helper.make_node(op, inputs, outputs, name, domain, **attributes)
     initializers  helper.make_tensor(name, FLOAT16, dims, raw bytes, raw=True)
@@ -12,9 +12,6 @@ are custom ops, Add carries dynamic-range attributes, Transpose/Reshape carry a 
 of ONNX's `perm` / shape input. Those live in the custom domain CUSTOM_DOMAIN, so onnx.checker accepts
 the file; it rejects the reference exporter's file, where everything sits in "".
 """
-import os
-import tempfile
-from pathlib import Path
 from typing import List
 
 import numpy as np
@@ -22,7 +19,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from helpers.tracing import Tracer
+from helpers.trace.tracer import Tracer
 
 OPSET = 11
 CUSTOM_DOMAIN = "spconv"
@@ -57,17 +54,3 @@ def make_scn_model(tracer: Tracer, input_channels: int, output_shape: List[int])
     return model
 
 
-def save_atomic(model: onnx.ModelProto, path) -> Path:
-    """Write to a temporary file in the same folder, then rename: never a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString(deterministic=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path

@@ -1,0 +1,89 @@
+"""The export as an API: prepare a quantized SCN, trace it, build and save its graph.
+
+    model = prepare_scn(build_scn(cfg), batches)                  # quantized, BN folded, ReLU fused, calibrated
+    result = export_scn(model, voxels, coords, "build/scn.onnx")  # ExportResult: model, tracer, output, path
+
+Steps: quantize, fold BN, fuse ReLU -> calibrate (int8) -> disable the quantizers and trace the float
+network (fp16 on a GPU) -> build the graph -> save it atomically.
+"""
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import onnx
+import torch
+from pytorch_quantization.nn import TensorQuantizer
+
+from helpers.errors import WorkbookError
+from helpers.files import save_atomic
+from helpers.model import place
+from helpers.quant.calibrate import calibrate
+from helpers.quant.fuse import fuse
+from helpers.quant.modules import quantize_scn
+from helpers.quant.precision import quantizers_disabled, set_precision
+from helpers.quant.ranges import dynamic_ranges
+from helpers.trace.handlers import REGISTRY
+from helpers.trace.onnx_build import make_scn_model
+from helpers.trace.registry import tracing
+from helpers.trace.tracer import Tracer, check_supported
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto  # the graph
+    tracer: Tracer  # nodes, obj_to_tensor_id, initializers of the trace
+    output: torch.Tensor  # the traced PyTorch network's output, [1, 256, 180, 180]
+    path: Optional[Path] = None  # where it was saved
+
+
+def round_to_fp16(model: torch.nn.Module):
+    """Round weights to the fp16 values the graph stores, so PyTorch runs exactly what is saved."""
+    for p in model.parameters():
+        p.data = p.data.half().to(p.dtype)
+
+
+def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
+    """A quantized, BN-folded, ReLU-fused copy of `model`, calibrated on `batches` when int8."""
+    model = copy.deepcopy(model)  # the caller's model is left as it was: re-running gives the same result
+    voxels, coords = batches[0] if batches else (None, None)
+    if voxels is None:
+        raise WorkbookError("prepare_scn needs at least one (voxels, coords) batch")
+    quantize_scn(model)  # quantized convs and adds
+    fuse(model, voxels, coords)  # BN folded, ReLU fused
+    set_precision(model, int8=int8)
+    round_to_fp16(model)
+    if int8:
+        calibrate(model, batches, progress=progress)  # ends by naming any layer without amax
+    return model
+
+
+def layout_of(model) -> str:
+    """'xyz' or 'zyx': a SparseEncoder knows its layout; other networks are taken as xyz."""
+    return model.cfg.layout if hasattr(model, "cfg") else "xyz"
+
+
+def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None,
+              ranges: Optional[dict] = None):
+    """Run the float network once inside `tracing`; every recorded op becomes a node."""
+    names = check_supported(model, REGISTRY, allowed=(TensorQuantizer,))  # module paths, for the log
+    if ranges is None:
+        ranges = dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
+    tracer = Tracer(on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model), module_names=names)
+    with quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
+        tracer.new_tensor(voxels)  # the graph input is tensor "0"
+        output = model(voxels, coords)
+    return tracer, output
+
+
+def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Optional[Callable] = None,
+               dtype: Optional[torch.dtype] = None):
+    """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph."""
+    if dtype is None:
+        dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
+    ranges = dynamic_ranges(model) if int8 else {}  # read while amax is fp32, before .half()
+    model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
+    x = voxels.half().to(dtype)  # the graph input is FLOAT16: trace on exactly the values the engine gets
+    tracer, output = trace_scn(model, x, coords, int8, on_node, ranges)
+    proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
+    return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)

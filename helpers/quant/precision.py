@@ -1,0 +1,49 @@
+"""Which layers compute in int8 and which in fp16, and switching the fake quantizers on and off.
+
+    set_precision(model)          int8 everywhere, fp16 for the first input and the last output
+    set_quantizers(model, on)     every quantizer on (fake int8) or off (plain float)
+    quantizers_disabled(model)    `with` block that runs float and restores each quantizer's state
+"""
+from contextlib import contextmanager
+
+from torch import nn
+
+from helpers.errors import WorkbookError
+from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers
+
+
+def set_precision(model: nn.Module, int8=True, fp16_first_input=True, fp16_last_output=True) -> nn.Module:
+    """int8 (or fp16) for every quantized layer; the first conv reads fp16 and the last conv writes fp16."""
+    layers = [m for m in model.modules() if isinstance(m, (QuantSparseConv, QuantAdd))]
+    convs = [m for m in layers if isinstance(m, QuantSparseConv)]
+    if not convs:
+        raise WorkbookError("the model has no QuantSparseConv; run helpers.quant.modules.quantize_scn(model) first")
+    for layer in layers:
+        layer.precision = layer.output_precision = "int8" if int8 else "fp16"
+    if fp16_first_input:
+        convs[0].precision = "fp16"
+    if fp16_last_output:
+        convs[-1].output_precision = "fp16"
+    return model
+
+
+def set_quantizers(model: nn.Module, enabled: bool):
+    """Switch every quantizer on (fake int8) or off (plain float)."""
+    for _, _, quantizer in named_quantizers(model):
+        if enabled:
+            quantizer.enable()
+        else:
+            quantizer.disable()
+
+
+@contextmanager
+def quantizers_disabled(model: nn.Module):
+    """`with quantizers_disabled(model):` runs float; each quantizer's state comes back on exit."""
+    saved = [(q, q._disabled) for _, _, q in named_quantizers(model)]
+    try:
+        for quantizer, _ in saved:
+            quantizer.disable()
+        yield model
+    finally:
+        for quantizer, disabled in saved:
+            quantizer._disabled = disabled
