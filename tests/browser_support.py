@@ -190,14 +190,14 @@ class JupyterLab:
         """A fresh workspace (?reset) that opens `path`: no tab of another notebook comes back."""
         return f"{self.url}lab/workspaces/{workspace}/tree/{path}?reset&token={self.token}"
 
-    def execute(self, kernel_id: str, code: str, timeout: float = 60.0) -> str:
+    def execute(self, kernel_id: str, code: str, timeout: float = 120.0) -> str:
         """Run `code` in a kernel the server started (through its connection file); return what it printed."""
         from jupyter_client import BlockingKernelClient
         client = BlockingKernelClient(connection_file=str(self.state_dir / "runtime" / f"kernel-{kernel_id}.json"))
         client.load_connection_file()
-        client.start_channels()
+        client.start_channels(hb=False)  # no heartbeat: on a busy machine a late beat is not a dead kernel
         try:
-            client.wait_for_ready(timeout=timeout)
+            client.wait_for_ready(timeout=timeout)  # kernel_info answered
             printed = []
             reply = client.execute_interactive(code, timeout=timeout, output_hook=lambda msg: printed.append(
                 msg["content"].get("text", "") if msg["msg_type"] == "stream" else
