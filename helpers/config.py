@@ -4,13 +4,16 @@ Two presets exist: the nuScenes grid at 0.075 m (sparse shape 1440 x 1440 x 41, 
 180 x 180) and the coarser 0.1 m grid (1024 x 1024 x 41, BEV output 128 x 128).
 """
 from dataclasses import dataclass, replace
-from typing import List, Tuple
+from typing import ClassVar, List, Tuple
 
 from helpers.errors import WorkbookError
 
 
 @dataclass(frozen=True)
 class SCNConfig:
+    network: ClassVar[str] = "bevfusion"
+    checkpoint_prefix: ClassVar[str] = "encoders.lidar.backbone."  # mit-han-lab BEVFusion checkpoints
+    checkpoint_layout: ClassVar[str] = "xyz"  # kernel axes of the stored weights
     name: str = "bevfusion-0075"
     point_range: Tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)  # x0 y0 z0 x1 y1 z1 (m)
     voxel_size: Tuple[float, float, float] = (0.075, 0.075, 0.2)  # metres per voxel along x, y, z
