@@ -7,6 +7,7 @@ CenterPoint works in zyx: its sparse shape is the voxel grid reversed, [41, 1440
 nuScenes at 0.075 m (grid [1440, 1440, 40], one more z plane, as BEVFusion), and dense() already
 gives [N, C, Z, Y, X], so the BEV map is a plain view: no permute (one node fewer than BEVFusion).
 
+The config is helpers.config.CenterPointConfig; build it with helpers.model.build_scn(cfg).
 Module names follow CenterPoint's checkpoints (`conv_input.0`, `conv1.0.conv1`, `conv2.0`,
 `conv2.3.bn2`, `extra_conv.0`, ...), so its `backbone.*` weights load by name (helpers.checkpoint).
 Differences from BEVFusion's SparseEncoder, all of them the checkpoint's:
@@ -18,47 +19,12 @@ The ReLUs get one module per use (CenterPoint reuses one `relu` per block): fusi
 which ReLU follows a conv and which follows the residual add. ReLUs hold no weights, so the
 state dict is unchanged.
 """
-from dataclasses import dataclass
-from typing import ClassVar, Tuple
-
 import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-from helpers.config import SCNConfig
-from helpers.errors import WorkbookError
+from helpers.config import CenterPointConfig
 from helpers.model import ResidualAdd, per_axis
-
-
-@dataclass(frozen=True)
-class CenterPointConfig:
-    """CenterPoint's nuScenes backbone at 0.075 m (det3d's nusc_centerpoint_voxelnet_0075voxel_fix_bn_z)."""
-    network: ClassVar[str] = "centerpoint"
-    checkpoint_prefix: ClassVar[str] = "backbone."  # det3d checkpoints: {'state_dict': {'backbone.conv1...'}}
-    checkpoint_layout: ClassVar[str] = "zyx"  # kernel axes of the stored weights: CenterPoint runs in zyx
-    name: str = "centerpoint-0075"
-    point_range: Tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)  # x0 y0 z0 x1 y1 z1 (m)
-    voxel_size: Tuple[float, float, float] = (0.075, 0.075, 0.2)  # grid [1440, 1440, 40]
-    max_points_per_voxel: int = 10
-    max_voxels: int = 160000  # det3d's test-time max_voxel_num
-    in_channels: int = 5  # x, y, z, intensity, time-lag (mean of the voxel's points)
-    stage_channels: Tuple[int, ...] = (16, 32, 64, 128)  # conv1 .. conv4
-    blocks_per_stage: int = 2  # basic blocks per stage
-    down_paddings: Tuple = (1, 1, (1, 1, 0))  # x, y, z padding of the stride-2 convs opening conv2 .. conv4
-    extra_kernel: Tuple[int, int, int] = (1, 1, 3)  # extra_conv, x, y, z: squeezes z 5 -> 2
-    extra_stride: Tuple[int, int, int] = (1, 1, 2)
-    output_channels: int = 128  # the BEV map has output_channels * 2 channels
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.01
-    layout: str = "zyx"
-
-    grid_xyz = SCNConfig.grid_xyz  # the same arithmetic as BEVFusion's: [1440, 1440, 41]
-    sparse_shape = SCNConfig.sparse_shape  # [41, 1440, 1440]
-
-    def __post_init__(self):
-        if self.layout != "zyx":
-            raise WorkbookError(f"layout={self.layout!r}: CenterPoint runs in 'zyx' (its checkpoints and "
-                                "NVIDIA's export use zyx coords); use --layout zyx or leave it out")
 
 
 class BiasedSubMConv3d(spconv.SubMConv3d):
@@ -113,7 +79,7 @@ def conv_bn_relu(cin: int, cout: int, cfg, kernel, stride=1, padding=0, subm=Fal
 class SpMiddleResNetFHD(nn.Module):
     """The SCN: voxel features [N, 5] and zyx coords [N, 4] -> BEV map [1, 256, Y / 8, X / 8]."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: CenterPointConfig):
         super().__init__()
         self.cfg = cfg
         self.sparse_shape = cfg.sparse_shape  # [41, 1440, 1440]
@@ -137,15 +103,3 @@ class SpMiddleResNetFHD(nn.Module):
         n, c, d, h, w = dense.shape
         return dense.view(n, c * d, h, w)  # [1, 256, 180, 180]
 
-
-def build_centerpoint(cfg: CenterPointConfig) -> SpMiddleResNetFHD:
-    """A randomly initialised CenterPoint SCN in eval mode, non-trivial BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = SpMiddleResNetFHD(cfg).eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.8, 1.2)
-            m.bias.data.uniform_(-0.1, 0.1)
-    return model

@@ -2,21 +2,33 @@
 import inspect
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
-from helpers import export, handlers, tracing
-from helpers.centerpoint import CenterPointConfig, build_centerpoint
+from helpers import pipeline
+from helpers.check.compare import compare
+from helpers.check.contract import check_contract
+from helpers.check.rerun import run_graph
 from helpers.checkpoint import load_checkpoint, to_spconv1_state
+from helpers.config import CenterPointConfig, get_config
+from helpers.data.scene import make_scene
 from helpers.errors import WorkbookError
-from helpers.model import place
-from helpers.verify import check_contract, compare, run_graph
+from helpers.export import main
+from helpers.model import build_scn, place
+from helpers.trace import handlers, onnx_build, registry, tracer
 from tests.conftest import random_voxels
 
-CFG = CenterPointConfig()
-# written out by hand from det3d's scn.py, not taken from the code under test
+CFG = get_config("centerpoint-0075")
+# written out by hand from det3d's scn.py, not read from the code under test
 CHANNELS = [16, 32, 64, 128]
 CENTERPOINT_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
+
+
+def build_centerpoint(cfg):
+    model = build_scn(cfg)
+    assert type(model).__name__ == "SpMiddleResNetFHD"  # the config chooses the network
+    return model
 
 
 def down(n, k, s, p):
@@ -89,8 +101,6 @@ def test_checkpoint_round_trip_spconv1_layout(tmp_path):
 
 
 def test_a_bevfusion_checkpoint_is_not_a_centerpoint_one(tmp_path):
-    from helpers.config import get_config
-    from helpers.model import build_scn
     path = tmp_path / "bevfusion.pth"
     torch.save(to_spconv1_state(build_scn(get_config())), path)
     with pytest.raises(WorkbookError, match="missing"):
@@ -102,9 +112,9 @@ def exported(tmp_path_factory):
     """The int8 CenterPoint graph of a small input, prepared and exported by the BEVFusion code path."""
     voxels, coords = random_voxels(CFG, n=1200)
     batches = [(voxels, coords), random_voxels(CFG, n=1200, seed=1)]
-    model = export.prepare_scn(place(build_centerpoint(CFG), "cpu"), batches, progress=False)
+    model = pipeline.prepare_scn(place(build_centerpoint(CFG), "cpu"), batches, progress=False)
     path = tmp_path_factory.mktemp("cp") / "centerpoint.onnx"
-    return export.export_scn(model, voxels, coords, path), model, voxels, coords
+    return pipeline.export_scn(model, voxels, coords, path), model, voxels, coords
 
 
 def test_graph_nodes_shapes_and_output(exported):
@@ -135,7 +145,28 @@ def test_contract_and_float_rerun(exported):
 
 
 def test_the_exporter_has_no_network_specific_branch():
-    for module in (handlers, tracing):
+    for module in (handlers, onnx_build, registry, tracer):
         source = inspect.getsource(module)
         assert "centerpoint" not in source.lower() and "SpMiddleResNetFHD" not in source
         assert "SparseEncoder" not in source  # no dispatch on the network's class either
+
+
+def test_command_line_exports_centerpoint(tmp_path, capsys):
+    scan = tmp_path / "scan.npy"
+    np.save(scan, make_scene("small")[::8])  # 2,500 points: a few seconds on the CPU
+    out = tmp_path / "centerpoint.onnx"
+    args = ["--network", "centerpoint", "--points", str(scan), "--calibrate", "1", "--device", "cpu", "--quiet"]
+    assert main(args + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SCN centerpoint-0075 (zyx)" in printed and "grid [41, 1440, 1440]" in printed
+    assert "39 nodes (21 SparseConvolution, 8 Add, 8 Relu, 1 ScatterDense, 1 Reshape)" in printed
+    assert "output [1, 256, 180, 180]" in printed
+    assert "contract check: passed" in printed and "agrees with PyTorch" in printed
+
+
+@pytest.mark.parametrize("extra, message", [(["--grid", "bevfusion-0075"], "is a bevfusion grid"),
+                                            (["--layout", "xyz"], "layout='xyz' is not supported by centerpoint")])
+def test_command_line_rejects_a_grid_or_layout_of_the_other_network(tmp_path, capsys, extra, message):
+    out = tmp_path / "x.onnx"
+    assert main(["--network", "centerpoint", "--out", str(out)] + extra) == 2
+    assert message in capsys.readouterr().err and not out.exists()
