@@ -1,23 +1,29 @@
 """Load the lidar backbone's weights from a BEVFusion, mmdet3d or bare checkpoint.
 
-Three key prefixes are understood:
+Four key prefixes are understood:
     encoders.lidar.backbone.*   mit-han-lab BEVFusion
     pts_middle_encoder.*        mmdet3d 1.x
-    (none)                      a bare SparseEncoder state dict
+    backbone.*                  CenterPoint (det3d)
+    (none)                      a bare state dict of the network
+The backbone's keys are those under the model's own top-level modules (conv_input, encoder_layers,
+conv_out for BEVFusion; conv_input, conv1 .. conv4, extra_conv for CenterPoint).
 Conv weights may be stored in spconv 1.x layout [k0, k1, k2, C_in, C_out]; they are turned
-into spconv 2.x layout [C_out, k0, k1, k2, C_in] with permute(4, 0, 1, 2, 3).
+into spconv 2.x layout [C_out, k0, k1, k2, C_in] with permute(4, 0, 1, 2, 3). The kernel axes are
+stored in the checkpoint's own order (cfg.checkpoint_layout: xyz for BEVFusion, zyx for CenterPoint)
+and reversed when the model runs in the other one.
 Checkpoints are pickles from the internet: they are read with weights_only=True.
 """
 import pickle
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
-from helpers.errors import WorkbookError
-from helpers.model import SparseEncoder
+from torch import nn
 
-PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "")
+from helpers.errors import WorkbookError
+
+PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "")
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
@@ -38,48 +44,57 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     return ckpt
 
 
-def backbone_state(state: Dict[str, torch.Tensor], path="checkpoint") -> Dict[str, torch.Tensor]:
-    """The backbone's entries with their prefix removed; the first prefix that matches wins."""
+def backbone_state(state: Dict[str, torch.Tensor], path="checkpoint",
+                   modules=("conv_input", "encoder_layers", "conv_out")) -> Dict[str, torch.Tensor]:
+    """The entries under the top-level `modules`, prefix removed; the first prefix that matches wins."""
     for prefix in PREFIXES:
-        found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix + "conv_input.")
-                 or k.startswith(prefix + "encoder_layers.") or k.startswith(prefix + "conv_out.")}
+        found = {k[len(prefix):]: v for k, v in state.items()
+                 if any(k.startswith(f"{prefix}{m}.") for m in modules)}
         if found:
             return found
-    raise WorkbookError(f"{path}: no lidar backbone keys found (looked for 'conv_input.' under the prefixes "
-                        f"{[p for p in PREFIXES if p]} and bare); is this a BEVFusion lidar checkpoint?")
+    raise WorkbookError(f"{path}: no lidar backbone keys found (looked for {modules[0]!r}... under the prefixes "
+                        f"{[p for p in PREFIXES if p]} and bare); is this a checkpoint of the chosen network?")
 
 
-def to_model_layout(name: str, value: torch.Tensor, expected: torch.Size, layout: str, path) -> torch.Tensor:
-    """Convert a checkpoint conv weight (xyz, spconv 1.x or 2.x layout) to the model's shape."""
+def to_model_layout(name: str, value: torch.Tensor, expected: torch.Size, layout: str, path,
+                    stored: str = "xyz") -> torch.Tensor:
+    """Convert a checkpoint conv weight (kernel axes in `stored` order, spconv 1.x or 2.x) to the model's shape."""
     if value.dim() == 5:
-        xyz = expected if layout == "xyz" else torch.Size([expected[i] for i in (0, 3, 2, 1, 4)])
-        if value.shape != xyz and value.permute(4, 0, 1, 2, 3).shape == xyz:
+        same = expected if layout == stored else torch.Size([expected[i] for i in (0, 3, 2, 1, 4)])
+        if value.shape != same and value.permute(4, 0, 1, 2, 3).shape == same:
             value = value.permute(4, 0, 1, 2, 3)  # spconv 1.x [k0, k1, k2, Cin, Cout] -> [Cout, k0, k1, k2, Cin]
-        if layout == "zyx" and value.shape == xyz:
-            value = value.permute(0, 3, 2, 1, 4)  # kernel axes x, y, z -> z, y, x
+        if layout != stored and value.shape == same:
+            value = value.permute(0, 3, 2, 1, 4)  # kernel axes reversed: x, y, z <-> z, y, x
     if value.shape != expected:
         raise WorkbookError(f"{path}: {name} has shape {list(value.shape)}, the model expects {list(expected)}; "
                             "was the checkpoint trained with other channels or kernel sizes?")
     return value.contiguous()
 
 
-def load_checkpoint(model: SparseEncoder, path) -> SparseEncoder:
+def load_checkpoint(model: nn.Module, path) -> nn.Module:
     """Load backbone weights into `model` (in place); every missing or unexpected key is an error."""
-    state = backbone_state(read_state_dict(path), path)
+    state = backbone_state(read_state_dict(path), path, [name for name, _ in model.named_children()])
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise WorkbookError(f"{path}: keys do not match the SCN: missing {missing[:5]} ({len(missing)} in all), "
                             f"unexpected {unexpected[:5]} ({len(unexpected)} in all); check the grid config")
-    converted = {k: to_model_layout(k, v, expected[k].shape, model.cfg.layout, path) for k, v in state.items()}
+    converted = {k: to_model_layout(k, v, expected[k].shape, model.cfg.layout, path, model.cfg.checkpoint_layout)
+                 for k, v in state.items()}
     model.load_state_dict(converted, strict=False)
     return model
 
 
-def to_spconv1_state(model: SparseEncoder, prefix: str = "encoders.lidar.backbone.") -> Dict[str, torch.Tensor]:
-    """The model's weights as an old checkpoint stores them (xyz model only): the reverse of load."""
-    if model.cfg.layout != "xyz":
-        raise WorkbookError("to_spconv1_state needs an xyz model; checkpoints are stored in xyz order")
+def to_spconv1_state(model: nn.Module, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The model's weights as an old checkpoint stores them: the reverse of load.
+
+    Needs a model in its checkpoints' layout (xyz for BEVFusion, zyx for CenterPoint); the prefix
+    defaults to the network's own (encoders.lidar.backbone. / backbone.).
+    """
+    stored = model.cfg.checkpoint_layout
+    if model.cfg.layout != stored:
+        raise WorkbookError(f"to_spconv1_state needs a {stored} model; these checkpoints are stored in {stored} order")
+    prefix = model.cfg.checkpoint_prefix if prefix is None else prefix
     return {prefix + k: (v.permute(1, 2, 3, 4, 0) if v.dim() == 5 else v).clone()
             for k, v in model.state_dict().items()}

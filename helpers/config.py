@@ -1,16 +1,50 @@
-"""Typed configuration of the BEVFusion lidar backbone and its voxel grid.
+"""Typed configuration of the lidar backbones and their voxel grid.
 
-Two presets exist: the nuScenes grid at 0.075 m (sparse shape 1440 x 1440 x 41, BEV output
-180 x 180) and the coarser 0.1 m grid (1024 x 1024 x 41, BEV output 128 x 128).
+Two networks, one config class each: BEVFusion's SparseEncoder (SCNConfig) and CenterPoint's
+SpMiddleResNetFHD (CenterPointConfig). Presets: BEVFusion on the nuScenes grid at 0.075 m (sparse
+shape 1440 x 1440 x 41, BEV output 180 x 180) and on the coarser 0.1 m grid (1024 x 1024 x 41, BEV
+output 128 x 128); CenterPoint on the 0.075 m grid in zyx (sparse shape 41 x 1440 x 1440).
 """
 from dataclasses import dataclass, replace
-from typing import List, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
 from helpers.errors import WorkbookError
 
 
+class VoxelGrid:
+    """What every network config shares: the grid of its point_range / voxel_size, in its layout."""
+
+    def check_grid(self, layouts=("xyz", "zyx")):
+        if self.layout not in layouts:
+            raise WorkbookError(f"layout={self.layout!r} is not supported by {self.network}; expected one of "
+                                f"{list(layouts)}")
+        if len(self.point_range) != 6 or len(self.voxel_size) != 3:
+            raise WorkbookError(f"point_range needs 6 numbers and voxel_size 3; see helpers.config.{type(self).__name__}")
+
+    @property
+    def grid_xyz(self) -> List[int]:
+        """Voxel counts along x, y, z, e.g. [1440, 1440, 41]."""
+        lo, hi = self.point_range[:3], self.point_range[3:]
+        # +1 on z reproduces the sparse shape of BEVFusion and CenterPoint (41 for 8 m / 0.2 m)
+        grid = [round((h - l) / s) for l, h, s in zip(lo, hi, self.voxel_size)]
+        return [grid[0], grid[1], grid[2] + 1]
+
+    @property
+    def sparse_shape(self) -> List[int]:
+        """The spatial shape given to spconv, in the layout's axis order."""
+        g = self.grid_xyz
+        return g if self.layout == "xyz" else g[::-1]
+
+    def with_layout(self, layout: str):
+        return replace(self, layout=layout)
+
+
 @dataclass(frozen=True)
-class SCNConfig:
+class SCNConfig(VoxelGrid):
+    """BEVFusion's lidar backbone, mmdet3d's SparseEncoder."""
+    network: ClassVar[str] = "bevfusion"
+    checkpoint_prefix: ClassVar[str] = "encoders.lidar.backbone."  # mit-han-lab BEVFusion checkpoints
+    checkpoint_layout: ClassVar[str] = "xyz"  # kernel axes of the stored weights
     name: str = "bevfusion-0075"
     point_range: Tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)  # x0 y0 z0 x1 y1 z1 (m)
     voxel_size: Tuple[float, float, float] = (0.075, 0.075, 0.2)  # metres per voxel along x, y, z
@@ -26,38 +60,51 @@ class SCNConfig:
     layout: str = "xyz"  # coordinate order of the voxel indices: "xyz" (BEVFusion) or "zyx"
 
     def __post_init__(self):
-        if self.layout not in ("xyz", "zyx"):
-            raise WorkbookError(f"layout={self.layout!r} is not supported; expected 'xyz' or 'zyx'")
-        if len(self.point_range) != 6 or len(self.voxel_size) != 3:
-            raise WorkbookError("point_range needs 6 numbers and voxel_size 3; see helpers.config.SCNConfig")
+        self.check_grid()
 
-    @property
-    def grid_xyz(self) -> List[int]:
-        """Voxel counts along x, y, z, e.g. [1440, 1440, 41]."""
-        lo, hi = self.point_range[:3], self.point_range[3:]
-        # +1 on z reproduces BEVFusion's sparse shape (41 for 8 m / 0.2 m), as mmdet3d does
-        grid = [round((h - l) / s) for l, h, s in zip(lo, hi, self.voxel_size)]
-        return [grid[0], grid[1], grid[2] + 1]
 
-    @property
-    def sparse_shape(self) -> List[int]:
-        """The spatial shape given to spconv, in the layout's axis order."""
-        g = self.grid_xyz
-        return g if self.layout == "xyz" else g[::-1]
+@dataclass(frozen=True)
+class CenterPointConfig(VoxelGrid):
+    """CenterPoint's lidar backbone, det3d's SpMiddleResNetFHD (nusc_centerpoint_voxelnet_0075voxel_fix_bn_z).
 
-    def with_layout(self, layout: str) -> "SCNConfig":
-        return replace(self, layout=layout)
+    CenterPoint works in zyx: coords (b, z, y, x), sparse shape [41, 1440, 1440]; its checkpoints store
+    kernels in z, y, x order. Per-axis numbers below are x, y, z, like BEVFusion's.
+    """
+    network: ClassVar[str] = "centerpoint"
+    checkpoint_prefix: ClassVar[str] = "backbone."  # det3d: {'state_dict': {'backbone.conv1.0.conv1.weight': ...}}
+    checkpoint_layout: ClassVar[str] = "zyx"
+    name: str = "centerpoint-0075"
+    point_range: Tuple[float, ...] = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)  # x0 y0 z0 x1 y1 z1 (m)
+    voxel_size: Tuple[float, float, float] = (0.075, 0.075, 0.2)  # grid [1440, 1440, 40] (+1 z plane)
+    max_points_per_voxel: int = 10
+    max_voxels: int = 160000  # det3d's test-time max_voxel_num
+    in_channels: int = 5  # x, y, z, intensity, time-lag (mean of the voxel's points)
+    stage_channels: Tuple[int, ...] = (16, 32, 64, 128)  # conv1 .. conv4
+    blocks_per_stage: int = 2  # basic blocks per stage
+    down_paddings: Tuple = (1, 1, (1, 1, 0))  # padding of the stride-2 convs opening conv2 .. conv4
+    extra_kernel: Tuple[int, int, int] = (1, 1, 3)  # extra_conv: squeezes z 5 -> 2
+    extra_stride: Tuple[int, int, int] = (1, 1, 2)
+    output_channels: int = 128  # the BEV map has output_channels * 2 channels
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    layout: str = "zyx"
+
+    def __post_init__(self):
+        self.check_grid(layouts=("zyx",))  # xyz would need other kernel axes than the checkpoints hold
 
 
 PRESETS = {
     "bevfusion-0075": SCNConfig(),
     "bevfusion-01": SCNConfig(name="bevfusion-01", point_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
                               voxel_size=(0.1, 0.1, 0.2)),
+    "centerpoint-0075": CenterPointConfig(),
 }
+NETWORKS = {"bevfusion": "bevfusion-0075", "centerpoint": "centerpoint-0075"}  # network -> its default preset
 
 
-def get_config(name: str = "bevfusion-0075", layout: str = "xyz") -> SCNConfig:
-    """A preset by name: 'bevfusion-0075' (1440 grid) or 'bevfusion-01' (1024 grid)."""
+def get_config(name: str = "bevfusion-0075", layout: Optional[str] = None) -> VoxelGrid:
+    """A preset by name: 'bevfusion-0075' (1440 grid), 'bevfusion-01' (1024 grid) or 'centerpoint-0075';
+    layout=None keeps the preset's own (xyz for BEVFusion, zyx for CenterPoint)."""
     if name not in PRESETS:
         raise WorkbookError(f"unknown grid {name!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[name].with_layout(layout)
+    return PRESETS[name] if layout is None else PRESETS[name].with_layout(layout)

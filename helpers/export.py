@@ -1,7 +1,9 @@
-"""Export BEVFusion's lidar SCN to the ONNX graph NVIDIA's sparse-conv engine reads: the command line.
+"""Export a lidar SCN (BEVFusion's or CenterPoint's) to the ONNX graph NVIDIA's sparse-conv engine reads:
+the command line.
 
     python -m helpers.export --out build/scn.onnx          # the built-in synthetic scene
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
+    python -m helpers.export --network centerpoint --checkpoint epoch_20.pth --out build/centerpoint.onnx
 
 Steps: build (and load) the SCN -> prepare and export it (helpers.pipeline) -> check the file against
 the contract and re-run it from the file alone.
@@ -17,10 +19,10 @@ import numpy as np
 import torch
 
 from helpers.check.compare import compare
-from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.contract import OP_COUNTS, check_contract
 from helpers.check.rerun import run_graph
 from helpers.checkpoint import load_checkpoint
-from helpers.config import PRESETS, SCNConfig, get_config
+from helpers.config import NETWORKS, PRESETS, SCNConfig, get_config
 from helpers.data.points import read_points
 from helpers.data.scene import SCENES, make_scene
 from helpers.data.voxelize import voxelize
@@ -68,10 +70,11 @@ def parse_args(argv):
     p.add_argument("--columns", type=int, choices=(4, 5), help="values per point in a .bin: 5 nuScenes (default), "
                    "4 KITTI")
     p.add_argument("--scene", default="default", choices=sorted(SCENES), help="synthetic scene size")
-    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d checkpoint (.pth); default: random weights")
-    p.add_argument("--grid", default="bevfusion-0075", choices=sorted(PRESETS), help="voxel grid preset")
+    p.add_argument("--network", default="bevfusion", choices=sorted(NETWORKS), help="which SCN (default bevfusion)")
+    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint checkpoint (.pth); default: random weights")
+    p.add_argument("--grid", choices=sorted(PRESETS), help="voxel grid preset (default: the network's own)")
     p.add_argument("--precision", default="int8", choices=("int8", "fp16"), help="layer precision in the graph")
-    p.add_argument("--layout", default="xyz", choices=("xyz", "zyx"), help="voxel coordinate order")
+    p.add_argument("--layout", choices=("xyz", "zyx"), help="voxel coordinate order (default: the network's own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     p.add_argument("--calibrate", type=int, default=4, metavar="N", help="scans for int8 calibration (default 4)")
     p.add_argument("--calib-points", nargs="*", default=[], metavar="FILE", help="scans to calibrate on")
@@ -79,6 +82,10 @@ def parse_args(argv):
     p.add_argument("--out", default="build/scn.onnx", help="the ONNX file to write (default build/scn.onnx)")
     p.add_argument("--quiet", action="store_true", help="do not print the node-by-node log")
     args = p.parse_args(argv)
+    args.grid = args.grid or NETWORKS[args.network]
+    if PRESETS[args.grid].network != args.network:
+        p.error(f"--grid {args.grid} is a {PRESETS[args.grid].network} grid; with --network {args.network} use "
+                f"{[name for name, cfg in PRESETS.items() if cfg.network == args.network]}")
     if args.calibrate < 1:
         p.error("--calibrate needs at least 1 scan")
     if not str(args.out).endswith(".onnx"):
@@ -102,7 +109,7 @@ def run(args) -> int:
     result = export_scn(prepared, voxels, coords, Path(args.out), int8=int8,
                         on_node=None if args.quiet else print_node)
     print(f"wrote {args.out}: {summary(result)} in {time.perf_counter() - t0:.1f} s")
-    problems = check_contract(result.model, op_counts=BEVFUSION_OPS)  # the 40-node BEVFusion graph
+    problems = check_contract(result.model, op_counts=OP_COUNTS[cfg.network])  # 40 nodes BEVFusion, 39 CenterPoint
     print("contract check: " + ("passed" if not problems else f"{len(problems)} problems"))
     for problem in problems:
         print(f"  - {problem}")

@@ -102,10 +102,19 @@ class SparseEncoder(nn.Module):
         return dense.view(n, c * d, h, w)  # [1, 256, 180, 180]
 
 
-def build_scn(cfg: SCNConfig) -> SparseEncoder:
-    """A randomly initialised BEVFusion SCN in eval mode (load real weights with helpers.checkpoint)."""
+def network_class(cfg) -> type:
+    """The network a config describes: cfg.network is 'bevfusion' or 'centerpoint'."""
+    if cfg.network == "centerpoint":
+        from helpers.centerpoint import SpMiddleResNetFHD  # imported here: it builds on this module's blocks
+        return SpMiddleResNetFHD
+    return SparseEncoder
+
+
+def build_scn(cfg) -> nn.Module:
+    """A randomly initialised SCN of the config's network (BEVFusion's SparseEncoder or CenterPoint's
+    SpMiddleResNetFHD) in eval mode; load real weights with helpers.checkpoint."""
     torch.manual_seed(0)  # the same config always gives the same weights
-    model = SparseEncoder(cfg).eval()
+    model = network_class(cfg)(cfg).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so folding them is a real test
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean.uniform_(-0.1, 0.1)

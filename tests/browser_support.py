@@ -100,8 +100,9 @@ def describe(process: psutil.Process) -> str:
 class JupyterLab:
     """A private JupyterLab serving `root_dir`; `env` is added to the environment of the server and kernels."""
 
-    def __init__(self, root_dir: Path, state_dir: Path, env: Dict[str, str]):
+    def __init__(self, root_dir: Path, state_dir: Path, env: Dict[str, str], base_url: str = "/"):
         self.root_dir, self.state_dir, self.extra_env = Path(root_dir), Path(state_dir), env
+        self.base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"  # as JupyterHub's /user/NAME/
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.process: Optional[subprocess.Popen] = None
@@ -111,7 +112,7 @@ class JupyterLab:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
+        return f"http://{HOST}:{self.port}{self.base_url}"
 
     def environment(self) -> Dict[str, str]:
         dirs = {name: self.state_dir / name for name in ("config", "data", "runtime", "ipython", "settings",
@@ -148,6 +149,7 @@ class JupyterLab:
         command = [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser",
                    f"--ServerApp.ip={HOST}", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
                    f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root_dir}",
+                   f"--ServerApp.base_url={self.base_url}",
                    f"--LabApp.user_settings_dir={env['JUPYTERLAB_SETTINGS_DIR']}",
                    f"--LabApp.workspaces_dir={env['JUPYTERLAB_WORKSPACES_DIR']}",
                    "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
@@ -173,10 +175,12 @@ class JupyterLab:
         except OSError:
             return "(no log)"
 
-    def api(self, method: str, path: str, timeout: float = 10.0):
+    def api(self, method: str, path: str, timeout: float = 10.0, body: Optional[dict] = None):
         """A REST call with the token; the parsed JSON answer (None when empty). Never through a proxy."""
         request = urllib.request.Request(self.url + path, method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": f"token {self.token}",
+                                                  "Content-Type": "application/json"})
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(request, timeout=timeout) as response:
             body = response.read()
@@ -185,6 +189,23 @@ class JupyterLab:
     def lab_url(self, path: str, workspace: str) -> str:
         """A fresh workspace (?reset) that opens `path`: no tab of another notebook comes back."""
         return f"{self.url}lab/workspaces/{workspace}/tree/{path}?reset&token={self.token}"
+
+    def execute(self, kernel_id: str, code: str, timeout: float = 120.0) -> str:
+        """Run `code` in a kernel the server started (through its connection file); return what it printed."""
+        from jupyter_client import BlockingKernelClient
+        client = BlockingKernelClient(connection_file=str(self.state_dir / "runtime" / f"kernel-{kernel_id}.json"))
+        client.load_connection_file()
+        client.start_channels(hb=False)  # no heartbeat: on a busy machine a late beat is not a dead kernel
+        try:
+            client.wait_for_ready(timeout=timeout)  # kernel_info answered
+            printed = []
+            reply = client.execute_interactive(code, timeout=timeout, output_hook=lambda msg: printed.append(
+                msg["content"].get("text", "") if msg["msg_type"] == "stream" else
+                msg["content"].get("evalue", "") if msg["msg_type"] == "error" else ""))
+            assert reply["content"]["status"] == "ok", f"{code!r} failed in the kernel: {''.join(printed)}"
+            return "".join(printed)
+        finally:
+            client.stop_channels()
 
     def remember_children(self) -> List[psutil.Process]:
         """Note every process below the server now (kernels and their netron servers); return them."""

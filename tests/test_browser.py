@@ -12,6 +12,11 @@ saved into the committed notebooks. The server, and so every kernel, runs with S
 repository on PYTHONPATH (as tools/execute_notebooks.py does). Every process it starts is stopped afterwards,
 and the test fails if a kernel or a netron server had to be killed.
 
+JupyterLab runs as a class server does: under a path prefix (base_url /user/student/, as JupyterHub's single-user
+servers) with jupyter-server-proxy. The kernels learn the prefix from the server (helpers.viz.netron), with no
+setting, so the Netron iframe must load from /user/student/proxy/<port>/ (through the Jupyter server), never
+from http://127.0.0.1:<port>/, which a student's browser on another machine could not reach.
+
 A notebook that stops its netron server in a clean-up cell (`name.stop()`, `name` from `show_netron`) is run
 in two steps from the Run menu: "Run All Above Selected Cell" with that cell selected, the checks of the live
 Netron view and widget, then "Run Selected Cell and All Below". Run at once, the server would be stopped a
@@ -41,6 +46,7 @@ from tests.conftest import ROOT
 
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
+BASE_URL = "/user/student/"  # the server's path prefix, as on JupyterHub
 VIEWPORT = {"width": 1500, "height": 1000}
 
 
@@ -79,9 +85,15 @@ def lab(workbook_copy):
     """JupyterLab on the copy; stopped (kernels, netron servers and all) even when a test fails."""
     pythonpath = ":".join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     server = JupyterLab(workbook_copy / "notebooks", workbook_copy / "jupyter",
-                        env={"SCN_PROFILE": "ci", "PYTHONPATH": pythonpath})
+                        env={"SCN_PROFILE": "ci", "PYTHONPATH": pythonpath}, base_url=BASE_URL)
     try:
-        yield server.start()
+        server.start()
+        try:  # jupyter-server-proxy's own API answers: the extension is loaded
+            server.api("GET", "server-proxy/servers-info")
+        except OSError as error:
+            pytest.fail(f"jupyter-server-proxy is not active in JupyterLab ({error}); pip install -r requirements.lock; "
+                        f"server log:\n{server.log_tail()}")
+        yield server
     finally:
         server.stop()
     assert server.leftovers == [], f"processes of the browser test that did not end by themselves: {server.leftovers}"
@@ -218,16 +230,22 @@ class NotebookPage:
 
 
 def check_netron(notebook: NotebookPage, copy_root: Path, expected: Expected):
-    """The notebook's Netron iframe draws the exported graph: one node per operator of the ONNX file."""
-    frames = notebook.page.locator('.jp-OutputArea-output iframe[src^="http://127.0.0.1:"]')
+    """The notebook's Netron iframe, through the Jupyter server's proxy, draws the exported graph: one node per
+    operator of the ONNX file."""
+    frames = notebook.page.locator(".jp-OutputArea-output iframe")
     assert frames.count() == 1, f"{notebook.stem}: expected one Netron iframe in the outputs, found {frames.count()}"
     iframe = frames.first
+    src = iframe.get_attribute("src") or ""
+    assert re.fullmatch(rf"{re.escape(BASE_URL)}proxy/\d+/", src), \
+        f"{notebook.stem}: the Netron iframe loads {src!r}, not through the proxy at {BASE_URL}proxy/<port>/"
     iframe.scroll_into_view_if_needed()
     model_nodes = len(onnx.load(str(copy_root / expected.model)).graph.node)
     nodes = wait_for_netron_graph(iframe.content_frame, timeout=120)
     netron_png = f"{notebook.stem[:2]}_netron.png"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     iframe.screenshot(path=str(SCREENSHOTS / netron_png))
+    page_url = iframe.element_handle().content_frame().url
+    print(f"\n{notebook.stem}: Netron iframe src={src} page={page_url} drew {nodes} nodes")
     assert nodes == model_nodes, f"{notebook.stem}: netron drew {nodes} nodes ({NODE_SELECTOR}), {expected.model} has {model_nodes}"
     if expected.netron_nodes is not None:
         assert nodes == expected.netron_nodes, f"{notebook.stem}: netron drew {nodes} nodes, expected {expected.netron_nodes}"

@@ -1,9 +1,11 @@
-"""netron in its own process: a copy of the model alone in a temporary folder, a free port, a clean stop.
+"""netron in its own process: the model's bytes served from memory (nothing on disk), a free port, a clean
+stop, also when the kernel is killed; and the address a browser gets: direct, or through jupyter-server-proxy.
 
 The browser test opens the page in Debian's Chromium (/usr/bin/chromium) with Playwright and counts
 the operator nodes netron draws. Without Chromium it is skipped, except in CI (CI=true) where it fails.
 """
 import datetime
+import json
 import os
 import socket
 import subprocess
@@ -17,8 +19,8 @@ import onnx
 import pytest
 
 from helpers.errors import WorkbookError
-from helpers.viz.netron import (NetronServer, http_ok, netron_build_age_days, netron_build_date, netron_warning,
-                                show_netron, wait_for_netron_graph)
+from helpers.viz.netron import (NetronServer, http_ok, jupyter_server_info, netron_build_age_days, netron_build_date,
+                                netron_url, netron_warning, proxy_prefix, show_netron, wait_for_netron_graph)
 from tests.conftest import ROOT
 from tests.test_graph_picture import toy_model
 
@@ -55,24 +57,29 @@ def toy_onnx(tmp_path):
     return save_model(tmp_path, "toy.onnx")
 
 
-def test_the_server_serves_a_copy_alone_on_a_free_port(toy_onnx):
+def test_the_server_serves_the_model_alone_on_a_free_port(toy_onnx):
     with NetronServer(toy_onnx) as server:
         assert server.running and server.url == f"http://127.0.0.1:{server.port}/"
         page = get(server.url).decode("utf-8")
         assert "<title>Netron</title>" in page and '<meta name="file" content="/data/toy.onnx">' in page
-        assert Path(server.folder) != toy_onnx.parent
-        assert sorted(os.listdir(server.folder)) == ["toy.onnx"]
         assert get(server.url + "data/toy.onnx") == toy_onnx.read_bytes()
-        with pytest.raises(urllib.error.HTTPError):
-            get(server.url + "data/private.txt")
+        for other in ("private.txt", "..%2Fprivate.txt", "%2Fetc%2Fpasswd", "toy.onnx%2F..%2Fprivate.txt"):
+            with pytest.raises(urllib.error.HTTPError):  # no other file of any folder
+                get(server.url + "data/" + other)
 
 
-def test_stop_frees_the_port_and_deletes_the_folder(toy_onnx):
+def test_the_server_serves_the_bytes_it_read_at_start(toy_onnx):
+    before = toy_onnx.read_bytes()
+    with NetronServer(toy_onnx) as server:
+        toy_onnx.write_bytes(b"changed after start")
+        assert get(server.url + "data/toy.onnx") == before  # a snapshot, as a copy was; but in memory
+
+
+def test_stop_frees_the_port(toy_onnx):
     server = NetronServer(toy_onnx).start()
-    port, folder, process = server.port, server.folder, server.process
+    port, process = server.port, server.process
     server.stop()
     assert process.poll() is not None and not server.running
-    assert not os.path.exists(folder)
     assert port_is_free(port) and not http_ok(f"http://127.0.0.1:{port}/")
     server.stop()  # a second stop does nothing
     assert "stopped" in repr(server)
@@ -82,48 +89,116 @@ def test_two_servers_at_the_same_time_do_not_collide(tmp_path):
     first = save_model(tmp_path, "first.onnx", graph_name="first_graph")
     second = save_model(tmp_path, "second.onnx", graph_name="second_graph")
     with NetronServer(first) as a, NetronServer(second) as b:
-        assert a.port != b.port and a.folder != b.folder
+        assert a.port != b.port
         assert b'content="/data/first.onnx"' in get(a.url) and b'content="/data/second.onnx"' in get(b.url)
         assert get(a.url + "data/first.onnx") == first.read_bytes()
         assert get(b.url + "data/second.onnx") == second.read_bytes()
         assert b"first_graph" in get(a.url + "data/first.onnx") and b"second_graph" in get(b.url + "data/second.onnx")
 
 
-def test_a_missing_model_is_a_workbook_error(tmp_path):
+def test_a_missing_or_empty_model_is_a_workbook_error(tmp_path):
     with pytest.raises(WorkbookError, match="nothing.onnx: model file not found"):
         NetronServer(tmp_path / "nothing.onnx").start()
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(WorkbookError, match="empty.onnx: the file is empty"):
+        NetronServer(tmp_path / "empty.onnx").start()
 
 
-def test_the_netron_process_ends_with_the_python_that_started_it(toy_onnx):
-    script = ("import sys, time; from helpers.viz.netron import NetronServer; "
-              f"s = NetronServer({str(toy_onnx)!r}).start(); print(s.port, s.folder, s.process.pid, flush=True); "
+def test_nothing_is_left_behind_however_the_python_that_started_it_ends(toy_onnx, tmp_path):
+    """Issue 11: a kernel shut down or killed left the model's copy in /tmp. Now nothing is ever written:
+    the parent runs with its own empty TMPDIR, which must stay empty while netron serves and after the end
+    (normal exit; SIGKILL of the parent alone; SIGKILL of its whole process group, as jupyter_client does)."""
+    script = ("import os, sys, time; from helpers.viz.netron import NetronServer; "
+              f"s = NetronServer({str(toy_onnx)!r}).start(); print(s.port, s.process.pid, flush=True); "
               "time.sleep(float(sys.argv[1]))")
-    for pause, how in [("0", "normal exit (atexit)"), ("60", "killed")]:
-        parent = subprocess.Popen([sys.executable, "-c", script, pause], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        port, folder, child = parent.stdout.readline().split()
-        if how == "killed":
+    for pause, how in [("0", "normal exit (atexit)"), ("60", "SIGKILL"), ("60", "SIGKILL of the process group")]:
+        temp = tmp_path / f"tmp-{len(how)}"
+        temp.mkdir()
+        parent = subprocess.Popen([sys.executable, "-c", script, pause], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "TMPDIR": str(temp)}, start_new_session=True)
+        port, child = parent.stdout.readline().split()
+        assert os.listdir(temp) == [], f"netron wrote {os.listdir(temp)} while serving"
+        if how == "SIGKILL":
             parent.kill()
+        elif how.endswith("group"):
+            os.killpg(parent.pid, 9)
         parent.wait(timeout=30)
         deadline = time.monotonic() + 10
         while not port_is_free(int(port)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert port_is_free(int(port)), f"netron (pid {child}) still serves after its parent's {how}"
-        while os.path.exists(folder) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not os.path.exists(folder), f"{folder} is left behind after the parent's {how}"
+        assert os.listdir(temp) == [], f"{os.listdir(temp)} left behind after the parent's {how}"
 
 
-def test_url_behind_jupyter_server_proxy(monkeypatch, toy_onnx):
-    server = NetronServer(toy_onnx)
-    server.port = 45678  # not started: only the address is computed
-    monkeypatch.setenv("SCN_NETRON_PROXY", "1")
-    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
-    assert server.url == "/proxy/45678/"
-    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
-    assert server.url == "/user/alice/proxy/45678/"
-    assert server.iframe(height=400).src == "/user/alice/proxy/45678/"
-    monkeypatch.setenv("SCN_NETRON_PROXY", "0")
-    assert server.url == "http://127.0.0.1:45678/"
+# The address a browser gets (no server is started for these: only the choice is computed).
+HUB = {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/"}
+LOCAL_LAB = {"base_url": "/", "hostname": "localhost", "pid": 1}
+PREFIXED_LAB = {"base_url": "/user/student/", "hostname": "localhost", "pid": 1}
+OPEN_LAB = {"base_url": "/", "hostname": "0.0.0.0", "pid": 1}
+
+
+def no_server(env):
+    return None
+
+
+@pytest.mark.parametrize("setting, env, server, expected", [
+    (None, {}, None, "http://127.0.0.1:45678/"),  # a script, VS Code: no Jupyter server
+    (None, {}, LOCAL_LAB, "http://127.0.0.1:45678/"),  # a local JupyterLab keeps the direct view
+    (None, HUB, None, "/user/alice/proxy/45678/"),  # JupyterHub
+    (None, {}, PREFIXED_LAB, "/user/student/proxy/45678/"),  # a JupyterLab with a base_url
+    (None, {}, OPEN_LAB, "/proxy/45678/"),  # a JupyterLab listening for other machines (0.0.0.0)
+    (None, {}, {"base_url": "/", "hostname": "localhost", "sock": "/run/jl.sock", "pid": 1}, "/proxy/45678/"),
+    (None, {"SCN_NETRON_PROXY": "0"}, PREFIXED_LAB, "http://127.0.0.1:45678/"),  # the setting wins
+    (None, {"SCN_NETRON_PROXY": "0", **HUB}, None, "http://127.0.0.1:45678/"),
+    (None, {"SCN_NETRON_PROXY": "1"}, None, "/proxy/45678/"),
+    (None, {"SCN_NETRON_PROXY": "1"}, PREFIXED_LAB, "/user/student/proxy/45678/"),
+    (None, {"SCN_NETRON_PROXY": "/lab/x"}, PREFIXED_LAB, "/lab/x/proxy/45678/"),
+    (False, HUB, PREFIXED_LAB, "http://127.0.0.1:45678/"),  # the argument wins over everything
+    (True, {"SCN_NETRON_PROXY": "0"}, LOCAL_LAB, "/proxy/45678/"),
+    ("/course/", {}, None, "/course/proxy/45678/"),
+])
+def test_the_address_a_browser_gets(setting, env, server, expected):
+    assert netron_url(45678, setting, env=env, server=server or {}) == expected
+
+
+def test_a_wrong_setting_is_a_workbook_error():
+    with pytest.raises(WorkbookError, match="SCN_NETRON_PROXY='maybe'.*0 \\(direct\\), 1"):
+        proxy_prefix(env={"SCN_NETRON_PROXY": "maybe"}, find_server=no_server)
+
+
+def test_the_kernel_finds_the_server_that_started_it(tmp_path):
+    """jupyter_client gives the kernel JPY_PARENT_PID (the server's pid); the server wrote jpserver-<pid>.json."""
+    server = {"base_url": "/user/student/", "hostname": "127.0.0.1", "port": 8888, "pid": os.getpid()}
+    (tmp_path / f"jpserver-{os.getpid()}.json").write_text(json.dumps(server))
+    (tmp_path / "jpserver-1.json").write_text(json.dumps({**server, "pid": 1, "base_url": "/other/"}))
+    env = {"JPY_PARENT_PID": str(os.getpid())}
+    assert jupyter_server_info(env, [tmp_path]) == server
+    assert proxy_prefix(env=env, find_server=lambda e: jupyter_server_info(e, [tmp_path])) == "/user/student/"
+    assert jupyter_server_info({"JPY_PARENT_PID": "999999999"}, [tmp_path]) is None  # no file of that pid
+    (tmp_path / "jpserver-7.json").write_text(json.dumps({**server, "pid": 8}))  # a file that is not its pid's
+    assert jupyter_server_info({"JPY_PARENT_PID": "7"}, [tmp_path]) is None
+    (tmp_path / "jpserver-9.json").write_text("{half a file")
+    assert jupyter_server_info({"JPY_PARENT_PID": "9"}, [tmp_path]) is None
+    server_env = {"JUPYTER_RUNTIME_DIR": str(tmp_path)}  # without JPY_PARENT_PID: the parent process
+    assert jupyter_server_info(server_env) is None or jupyter_server_info(server_env)["pid"] == os.getppid()
+
+
+def test_a_kernel_started_by_a_real_jupyter_server_finds_its_base_url(tmp_path):
+    """A kernel started by a real JupyterLab (through jupyter_client, as a browser would) computes the proxied
+    address for base_url /user/student/: JPY_PARENT_PID and the runtime folder are all it needs."""
+    pytest.importorskip("jupyter_server")
+    from tests.browser_support import JupyterLab
+    lab = JupyterLab(tmp_path, tmp_path / "jupyter", env={"PYTHONPATH": str(ROOT)}, base_url="/user/student/")
+    try:
+        lab.start()
+        session = lab.api("POST", "api/sessions", body={"path": "probe.ipynb", "type": "notebook",
+                                                         "kernel": {"name": "python3"}})
+        reply = lab.execute(session["kernel"]["id"], "from helpers.viz.netron import netron_url; "
+                                                     "print(netron_url(45678))")
+        assert reply.strip() == "/user/student/proxy/45678/", reply
+    finally:
+        lab.stop()
+    assert lab.leftovers == []
 
 
 def test_build_age_and_warning():

@@ -5,14 +5,13 @@ import copy
 import pytest
 import spconv.pytorch as spconv
 import torch
-from pytorch_quantization.tensor_quant import fake_tensor_quant
 from torch import nn
 
 from helpers.check.compare import compare
 from helpers.config import get_config
 from helpers.errors import WorkbookError
 from helpers.model import ResidualAdd, build_scn, place
-from helpers.quant.calibrate import calibrate, mse_amax
+from helpers.quant.calibrate import calibrate
 from helpers.quant.cost import int8_cost
 from helpers.quant.fuse import fold_bn, fuse, fuse_relu
 from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers, quantize_scn
@@ -149,18 +148,6 @@ def test_int8_output_close_to_float(calibrated, scan):
 def test_calibrate_twice_gives_the_same_amax(calibrated):
     again = calibrate(copy.deepcopy(calibrated), [random_scan(1), random_scan(2)], progress=False)
     assert amax_table(again) == amax_table(calibrated)
-
-
-def test_mse_amax_matches_the_reference_loop():
-    quantizer = QuantAdd().quantizer
-    quantizer.disable_quant()
-    quantizer.enable_calib()
-    for scale in (1.0, 4.0, 2.5):  # the histogram grows past 2048 bins
-        quantizer(torch.randn(5000, generator=torch.Generator().manual_seed(int(scale * 10))).exp() * scale)
-    hist, edges = quantizer._calibrator._calib_hist, quantizer._calibrator._calib_bin_edges
-    centers = (edges[1:] + edges[:-1]) / 2
-    errors = [((fake_tensor_quant(centers, a, 8) - centers) ** 2 * hist).mean() for a in centers[128:]]
-    assert mse_amax(quantizer._calibrator) == float(centers[128 + int(torch.stack(errors).argmin())])
 
 
 def test_calibrate_without_batches_raises(prepared):

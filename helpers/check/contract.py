@@ -24,6 +24,8 @@ REQUIRED = {  # op -> attribute name -> type the engine expects
 INT8_RANGES = {"SparseConvolution": dict(input_dynamic_range=FLOAT, weight_dynamic_ranges=FLOATS),
                "Add": dict(input0_dynamic_range=FLOAT, input1_dynamic_range=FLOAT)}
 BEVFUSION_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 1, "Reshape": 1}
+CENTERPOINT_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
+OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS}  # network -> nodes per op type
 
 
 def load(model) -> onnx.ModelProto:

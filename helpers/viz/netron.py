@@ -1,23 +1,39 @@
-"""Show an ONNX graph with netron, inside a notebook, without ever losing track of the server.
+"""Show an ONNX graph with netron, inside a notebook, on a laptop or behind JupyterHub, leaving nothing behind.
 
 Facts about netron (9.3.x) that shape this module:
   * `netron.serve()` runs an HTTP server in a thread of the *calling* process, and the model it
     serves is a class attribute: two models served from one process collide. So every model gets
     its own child process (`NetronServer`), which also makes stopping it simple and certain.
-  * netron's `/data/<name>` route reads any file in the served model's folder. So we serve a
-    COPY of the model, alone in a fresh temporary folder.
+  * netron's `/data/<name>` route reads the served model, and any other file of the folder the model
+    path names. So the child reads the model into memory and serves those bytes alone: no copy on
+    disk, no folder served, nothing in /tmp that a killed kernel could leave behind.
   * The page refuses to show graphs when its build is older than 180 days (it compares
     `<meta name="date">` in its index.html with the browser's clock). `netron_warning()` says so.
   * A fresh browser first shows a cookie-consent dialog; clicking "Accept" (or a cookie
     `consent=1` for the server's host) lets the graph through.
+  * netron's page fetches the model relative to its own address, so it works under a path prefix:
+    behind jupyter-server-proxy, `<base_url>proxy/<port>/` shows the same page.
+
+Where the browser finds the server (`netron_url`): netron listens on 127.0.0.1 of the machine that runs
+the kernel. A browser on that machine can open it directly; a browser elsewhere (JupyterHub, a remote
+JupyterLab, a container) must go through the Jupyter server, with jupyter-server-proxy, at
+`<base_url>proxy/<port>/`. The choice, first match wins:
+  1. the setting: `show_netron(..., proxy=...)`, else the environment variable SCN_NETRON_PROXY:
+     "0" direct, "1" proxied (prefix found as below, else "/"), or a prefix such as "/user/alice/";
+  2. JUPYTERHUB_SERVICE_PREFIX (JupyterHub sets it for every single-user server and its kernels);
+  3. the Jupyter server that started this kernel (its `jpserver-<pid>.json` in the runtime folder,
+     where <pid> is JPY_PARENT_PID, which jupyter_client sets, else the parent process): a base_url
+     other than "/" means proxied under it; a server listening on more than the loopback interface
+     (ip 0.0.0.0, a LAN address, a Unix socket) is meant for other machines: proxied under "/";
+  4. otherwise (a local JupyterLab, VS Code, a script): the direct address.
 """
 import atexit
 import datetime
 import functools
 import importlib.util
+import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,25 +41,31 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import List, Mapping, Optional
 
 from helpers.errors import WorkbookError
 
 MAX_BUILD_AGE_DAYS = 180  # netron's own limit, in browser.js
 HOST = "127.0.0.1"
 NODE_SELECTOR = "#canvas g.graph-node"  # one SVG group per operator node, drawn by netron's grapher.js
+PROXY_SETTING = "SCN_NETRON_PROXY"
+LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
-# The child process: serve one model, stay alive while the process that started us lives, and
-# when that one dies without stopping us (a killed kernel), delete the model's temporary folder.
+# The child process: read the model into memory, serve those bytes alone (no other file of any folder),
+# and stay alive only while the process that started us lives (a killed kernel takes it along).
 CHILD_SCRIPT = """
-import os, shutil, sys, time
-import netron
-model, port = sys.argv[1], int(sys.argv[2])
-parent = os.getppid()
-netron.serve(model, address=("127.0.0.1", port), browse=False)
+import os, sys, time
+model, port, name, parent = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+if os.getppid() != parent:
+    sys.exit(0)
+with open(model, "rb") as f:
+    data = bytearray(f.read())
+import netron, netron.server
+# netron reads /data/<path> from the model's folder; serve the model's bytes and nothing else
+netron.server._ContentProvider.read = lambda self, path: self.data if path == self.base and self.data else None
+netron.serve(name, data=data, address=("127.0.0.1", port), browse=False)
 while os.getppid() == parent:
     time.sleep(0.5)
-shutil.rmtree(os.path.dirname(model), ignore_errors=True)
 """
 
 
@@ -102,8 +124,8 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def stop_process(process: subprocess.Popen, folder: str) -> None:
-    """Terminate the netron child process and delete its temporary folder (safe to call twice)."""
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate the netron child process (safe to call twice)."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -111,35 +133,133 @@ def stop_process(process: subprocess.Popen, folder: str) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    shutil.rmtree(folder, ignore_errors=True)
+
+
+def jupyter_runtime_dirs(env: Mapping[str, str]) -> List[Path]:
+    """Where a Jupyter server writes jpserver-<pid>.json: $JUPYTER_RUNTIME_DIR (or jupyter_core's default),
+    and the folder of this kernel's connection file (`-f .../kernel-<id>.json` in its command line)."""
+    found = []
+    if env.get("JUPYTER_RUNTIME_DIR"):
+        found.append(Path(env["JUPYTER_RUNTIME_DIR"]))
+    else:
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+            found.append(Path(jupyter_runtime_dir()))
+        except ImportError:
+            pass
+    argv = list(sys.argv)
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-f" and value.endswith(".json"):
+            found.append(Path(value).parent)
+    return list(dict.fromkeys(found))  # in order, once each
+
+
+def jupyter_server_info(env: Optional[Mapping[str, str]] = None,
+                        runtime_dirs: Optional[List[Path]] = None) -> Optional[dict]:
+    """The Jupyter server that started this kernel, as it describes itself (base_url, ip, port, ...), or None.
+
+    jupyter_client puts the server's pid in the kernel's JPY_PARENT_PID; the server writes its description to
+    jpserver-<pid>.json in its runtime folder. No file with that pid: not started by a Jupyter server.
+    """
+    env = os.environ if env is None else env
+    pid = env.get("JPY_PARENT_PID", "")
+    pid = int(pid) if pid.isdigit() else os.getppid()
+    for folder in (jupyter_runtime_dirs(env) if runtime_dirs is None else runtime_dirs):
+        path = Path(folder) / f"jpserver-{pid}.json"
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("pid") == pid:
+            return info
+    return None
+
+
+def normalized_prefix(prefix: str) -> str:
+    """'/user/alice' -> '/user/alice/'; '' -> '/'."""
+    return "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+
+
+def proxy_prefix(setting=None, env: Optional[Mapping[str, str]] = None, server: Optional[dict] = None,
+                 find_server=jupyter_server_info) -> Optional[str]:
+    """The path prefix under which jupyter-server-proxy serves netron, or None for the direct address.
+
+    `setting`: None (read SCN_NETRON_PROXY), True / False, or a prefix string. `server`: the Jupyter server's
+    description (found with `find_server(env)` when not given). See the module's docstring for the rules.
+    """
+    env = os.environ if env is None else env
+    if setting is None:
+        setting = env.get(PROXY_SETTING, "").strip()
+    found = []  # the server's description, looked up once and only when needed
+
+    def the_server() -> dict:
+        if not found:
+            found.append(server if server is not None else (find_server(env) or {}))
+        return found[0]
+
+    if setting is True or (isinstance(setting, str) and setting.lower() in ("1", "true", "yes", "on")):
+        return normalized_prefix(env.get("JUPYTERHUB_SERVICE_PREFIX") or the_server().get("base_url") or "/")
+    if setting is False or (isinstance(setting, str) and setting.lower() in ("0", "false", "no", "off")):
+        return None
+    if isinstance(setting, str) and setting.startswith("/"):
+        return normalized_prefix(setting)
+    if setting not in (None, ""):
+        raise WorkbookError(f"{PROXY_SETTING}={setting!r}: expected 0 (direct), 1 (through jupyter-server-proxy) "
+                            "or a path prefix such as /user/alice/; unset it to let the workbook choose")
+    if env.get("JUPYTERHUB_SERVICE_PREFIX"):
+        return normalized_prefix(env["JUPYTERHUB_SERVICE_PREFIX"])
+    info = the_server()
+    if not info:
+        return None
+    base_url = normalized_prefix(info.get("base_url") or "/")
+    if base_url != "/":
+        return base_url
+    host = str(info.get("hostname") or "localhost")
+    if info.get("sock") or not (host in LOOPBACK or host.startswith("127.")):
+        return "/"  # the server listens for other machines (or on a Unix socket behind a web server)
+    return None
+
+
+def netron_url(port: int, setting=None, env: Optional[Mapping[str, str]] = None,
+               server: Optional[dict] = None) -> str:
+    """The address a browser should open for the netron server on `port`: direct, or through the Jupyter server.
+
+    `server`: the Jupyter server's description ({} for none); None looks it up (`jupyter_server_info`).
+    """
+    prefix = proxy_prefix(setting, env, server)
+    return f"http://{HOST}:{port}/" if prefix is None else f"{prefix}proxy/{port}/"
 
 
 class NetronServer:
-    """One netron process serving a copy of one model on its own port of 127.0.0.1."""
+    """One netron process serving one model, from memory, on its own port of 127.0.0.1.
 
-    def __init__(self, model_path):
+    `proxy`: how a browser reaches it (None: decide as `netron_url` says; True / False; or a path prefix).
+    """
+
+    def __init__(self, model_path, proxy=None):
         self.model_path = Path(model_path)
+        self.proxy = proxy
         self.port: Optional[int] = None
-        self.folder: Optional[str] = None
         self.process: Optional[subprocess.Popen] = None
         self._at_exit = None  # the stop call registered with atexit (holds the process, not self)
 
     def start(self, timeout: float = 30.0) -> "NetronServer":
-        """Copy the model to a temporary folder, serve it in a child process, wait until it answers."""
+        """Serve the model in a child process (which reads it once, now), wait until it answers."""
         if self.process is not None:
             return self
         if not self.model_path.is_file():
             raise WorkbookError(f"{self.model_path}: model file not found; export the ONNX file first "
                                 "(make export) or pass the path of an existing .onnx file")
+        if self.model_path.stat().st_size == 0:
+            raise WorkbookError(f"{self.model_path}: the file is empty; export the ONNX file again")
         if importlib.util.find_spec("netron") is None:
             raise WorkbookError("netron is not installed in this Python; install it with `pip install netron`")
-        self.folder = tempfile.mkdtemp(prefix="netron-")
-        copy = shutil.copyfile(self.model_path, Path(self.folder) / self.model_path.name)
         self.port = free_port()
-        with tempfile.TemporaryFile() as log:  # netron's messages; kept outside the served folder
-            self.process = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, str(copy), str(self.port)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            self._at_exit = functools.partial(stop_process, self.process, self.folder)
+        command = [sys.executable, "-c", CHILD_SCRIPT, str(self.model_path.resolve()), str(self.port),
+                   self.model_path.name, str(os.getpid())]
+        with tempfile.TemporaryFile() as log:  # netron's messages (an unlinked file: nothing to clean up)
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._at_exit = functools.partial(stop_process, self.process)
             atexit.register(self._at_exit)
             self.wait_until_serving(log, timeout)
         return self
@@ -164,11 +284,8 @@ class NetronServer:
 
     @property
     def url(self) -> str:
-        """The address a browser should open: direct, or via jupyter-server-proxy when SCN_NETRON_PROXY=1."""
-        if os.environ.get("SCN_NETRON_PROXY") == "1":
-            prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "").rstrip("/")
-            return f"{prefix}/proxy/{self.port}/"
-        return self.local_url
+        """The address a browser should open: direct, or through the Jupyter server (see `netron_url`)."""
+        return netron_url(self.port, self.proxy)
 
     def iframe(self, width="100%", height=600):
         """An IPython IFrame showing this server's page (display it, or make it a cell's last line)."""
@@ -176,13 +293,11 @@ class NetronServer:
         return IFrame(self.url, width=width, height=height)
 
     def stop(self) -> None:
-        """Stop the process and delete the temporary folder; calling it again does nothing."""
+        """Stop the process; calling it again does nothing."""
         if self._at_exit is not None:
             atexit.unregister(self._at_exit)
             self._at_exit()
             self._at_exit = None
-        elif self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
         self.process = None
 
     @property
@@ -201,13 +316,22 @@ class NetronServer:
         return f"NetronServer({str(self.model_path)!r}, {state})"
 
 
-def show_netron(model_path, height: int = 600) -> NetronServer:
-    """Notebook helper: serve `model_path`, display it in an IFrame, return the server (call .stop())."""
+def show_netron(model_path, height: int = 600, proxy=None) -> NetronServer:
+    """Notebook helper: serve `model_path`, display it in an IFrame, return the server (call .stop()).
+
+    `proxy` as for `NetronServer`; the line printed says which address the view uses and how to change it.
+    """
     from IPython.display import display
     warning = netron_warning()
     if warning:
         print(warning)
-    server = NetronServer(model_path).start()
+    server = NetronServer(model_path, proxy=proxy).start()
+    if server.url.startswith("http"):
+        print(f"Netron: {server.url} (direct; from another machine set {PROXY_SETTING}=1 before starting "
+              "the kernel, or pass proxy=True)")
+    else:
+        print(f"Netron: {server.url} (through the Jupyter server's jupyter-server-proxy; {PROXY_SETTING}=0 or "
+              "proxy=False for the direct address)")
     display(server.iframe(height=height))
     return server
 

@@ -1,0 +1,189 @@
+"""Calibration (helpers.quant.calibrate): the amax rules equal pytorch-quantization 2.1.3's, the amax
+agree with the library's own calibrators on the real scans within 1 %, the histogram's size does not
+depend on the data, and collecting never reads a value back to the host."""
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+from pytorch_quantization import calib
+from pytorch_quantization.calib import histogram as library
+
+from helpers.config import get_config
+from helpers.errors import WorkbookError
+from helpers.model import build_scn, place
+from helpers.quant import calibrate as C
+from helpers.quant.fuse import fuse
+from helpers.quant.modules import named_quantizers, quantize_scn
+from helpers.quant.precision import set_precision
+from tests.conftest import random_voxels, real_file
+
+
+@pytest.fixture
+def library_mse_on_cpu(monkeypatch):
+    """The library's mse rule moves its histogram with .cuda(); here (this test only) .cuda() is a no-op."""
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+
+
+def collector_of(hist: np.ndarray, width: float) -> C.HistogramCollector:
+    """A collector holding a given histogram (bins of `width`, never merged)."""
+    c = C.HistogramCollector(max(C.FIRST_BINS, len(hist)))
+    c.hist = torch.zeros(c.bins, dtype=torch.float64)
+    c.hist[:len(hist)] = torch.from_numpy(hist.astype(np.float64))
+    c.width = c.first_width = torch.tensor(width, dtype=torch.float64)
+    c.max = torch.tensor(width * len(hist), dtype=torch.float64)
+    c.bad = torch.tensor(False)
+    return c
+
+
+def test_rules_equal_the_library_on_the_same_histogram(library_mse_on_cpu):
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        values = np.abs(rng.standard_t(3 + trial, size=100_000)) * (0.1 + 10 * rng.random())
+        values[:20_000 * trial] = 0  # a spike at zero, as after a ReLU
+        hist, edges = np.histogram(values, bins=700, range=(0, values.max()))  # small: the library loops in Python
+        ours = collector_of(hist, edges[1] - edges[0])
+        for method in C.METHODS:
+            theirs = {"mse": lambda: library._compute_amax_mse(hist.copy(), edges, 8, False),
+                      "entropy": lambda: library._compute_amax_entropy(hist.copy(), edges, 8, False),
+                      "percentile": lambda: library._compute_amax_percentile(hist.copy(), edges, 99.99)}[method]()
+            assert float(ours.compute_amax(method)) == pytest.approx(float(theirs), rel=1e-6), (trial, method)
+
+
+@pytest.fixture(scope="module")
+def real_scans():
+    from helpers.data.points import read_points
+    from helpers.data.voxelize import voxelize
+    cfg = get_config()  # BEVFusion's 1440 grid: the real scans' grid
+    points = read_points(real_file("nuscenes_10sweeps_points.bin"))
+    voxels = torch.from_numpy(np.load(real_file("bevfusion_voxels_17748x5_fp16.npy"))).float()
+    coords = torch.from_numpy(np.load(real_file("bevfusion_coors_17748x4_bxyz_int32.npy")))
+    return cfg, [voxelize(torch.from_numpy(points), cfg), (voxels, coords)]
+
+
+class Both:
+    """Feeds every tensor to the library's HistogramCalibrator and to ours."""
+
+    def __init__(self):
+        self.library = calib.HistogramCalibrator(8, None, False)
+        self.ours = C.HistogramCollector()
+
+    def collect(self, x):
+        self.library.collect(x)
+        self.ours.collect(x)
+
+
+def library_rule(method: str, lib: calib.HistogramCalibrator) -> float:
+    """The library's rule on the library's own histogram, through our transcription of it (equal to the
+    library's code, see the test above; its mse and entropy loops take minutes on grown histograms)."""
+    hist = lib._calib_hist.numpy()
+    edges = lib._calib_bin_edges.numpy()
+    c = collector_of(hist, float(edges[1] - edges[0]))
+    c.first_width = torch.tensor(float(edges[1] - edges[0]), dtype=torch.float64)
+    return float(c.compute_amax(method))
+
+
+def test_amax_within_1_percent_of_the_library_on_real_scans(real_scans, library_mse_on_cpu):
+    from helpers.pipeline import prepare_scn
+    cfg, scans = real_scans
+    model = prepare_scn(place(build_scn(cfg), "cpu"), scans[:1], int8=False, progress=False)
+    layers = [(f"{path}.{kind}", q) for path, kind, q in named_quantizers(model) if kind != "weight"]
+    for _, q in layers:
+        q._calibrator = Both()
+        q.enable(), q.disable_quant(), q.enable_calib()
+    for path, kind, q in named_quantizers(model):
+        if kind == "weight":
+            q.disable()
+    with torch.no_grad():
+        for scan in scans:
+            model(*scan)
+    grown = [name for name, q in layers if q._calibrator.library._calib_hist.numel() > 4 * C.FIRST_BINS]
+    assert len(grown) >= 3  # residual adds: their first input is the smaller one, the library adds bins
+    for method in C.METHODS:
+        ours = C.histogram_amax([q._calibrator.ours for _, q in layers], method)
+        for (name, q), amax in zip(layers, ours.tolist()):
+            reference = library_rule(method, q._calibrator.library)
+            assert amax == pytest.approx(reference, rel=0.01), (method, name)
+    # and the library's own code, where it runs in seconds (2048 bins): a few layers
+    plain = [(name, q) for name, q in layers if q._calibrator.library._calib_hist.numel() == C.FIRST_BINS]
+    for name, q in [plain[0], plain[len(plain) // 2], plain[-1]]:
+        lib = q._calibrator.library
+        for method in (["mse", "entropy", "percentile"] if name == plain[0][0] else ["mse", "percentile"]):
+            ours = float(q._calibrator.ours.compute_amax(method))
+            assert ours == pytest.approx(float(lib.compute_amax(method)), rel=0.01), (method, name)
+
+
+def test_histogram_size_does_not_depend_on_the_data():
+    c = C.HistogramCollector()
+    c.collect(torch.tensor([1e-6, 2e-6]))  # a tiny first input sets a tiny bin width ...
+    c.collect(torch.tensor([5e3, 1.0]))  # ... then a value 10^9 widths away
+    c.collect(torch.full((10,), float("1e30")))
+    assert c.hist.numel() == C.BINS and float(c.hist.sum()) == 14  # every value counted, bins merged
+    assert float(c.width) * C.BINS >= 1e30
+    assert float(c.compute_amax("percentile")) > 0
+
+
+def test_bins_merge_exactly():
+    w0 = 2.0 / C.FIRST_BINS  # the first tensor's max (2.0) spans 2048 bins
+    x = torch.rand(1000) * 2
+    x[0] = 2.0
+    y = torch.rand(1000) * 2.5 * C.BINS * w0  # 2.5 x beyond the last bin: groups of 4 bins merge
+    y[0] = 2.5 * C.BINS * w0
+    c = C.HistogramCollector()
+    c.collect(x)
+    c.collect(y)
+    assert float(c.first_width) == w0 and float(c.width) == 4 * w0
+    expected = np.bincount((x.numpy() / w0).astype(int), minlength=C.BINS).reshape(-1, 4).sum(1)
+    expected = np.pad(expected, (0, C.BINS - len(expected)))
+    expected += np.bincount((y.numpy() / (4 * w0)).astype(int), minlength=C.BINS)
+    assert np.array_equal(c.hist.numpy(), expected)
+
+
+def test_gpu_counting_in_parts_equals_one_histogram():
+    a = (torch.rand(50_000) * C.BINS).floor() + torch.rand(50_000) * 0.5
+    a[:8] = torch.tensor([0.0, C.GPU_PART, C.GPU_PART + 1, 2 * C.GPU_PART, C.BINS - 1, C.BINS, C.BINS - 0.5, 3.0])
+    expected = torch.bincount(a.to(torch.int32).clamp(0, C.BINS - 1), minlength=C.BINS)
+    assert torch.equal(C._histc_in_shared_memory(a, C.BINS).long(), expected)  # the parts' edges counted once
+
+
+def test_collect_reads_nothing_back_to_the_host(monkeypatch):
+    c = C.HistogramCollector()
+    c.collect(torch.randn(100, 16))  # allocations happen on the first call
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("collect read a value back to the host")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    c.collect(torch.randn(100, 16) * 100)  # grows: the merge too stays on the device
+    c.collect(torch.tensor([float("nan"), 1.0]))
+    monkeypatch.undo()
+    assert bool(c.bad) and float(c.compute_amax("mse")) != float(c.compute_amax("mse"))  # NaN
+
+
+def prepared_scn(cfg):
+    """Quantized, BN folded, ReLU fused, not calibrated."""
+    return set_precision(fuse(quantize_scn(place(build_scn(cfg), "cpu")), *random_voxels(cfg)))
+
+
+def test_zeros_and_nan_are_named_by_check_calibrated():
+    model = prepared_scn(get_config("bevfusion-01"))
+    voxels, coords = random_voxels(get_config("bevfusion-01"), n=200)
+    with pytest.raises(WorkbookError, match=re.escape("conv_input.0.input (non-finite amax)")):
+        C.calibrate(copy.deepcopy(model), [(voxels * float("nan"), coords)], progress=False)
+    with pytest.raises(WorkbookError, match=re.escape("conv_input.0.input (non-positive amax)")):
+        C.calibrate(copy.deepcopy(model), [(voxels * 0, coords)], progress=False)
+
+
+def test_a_two_point_scan_keeps_every_histogram_at_the_cap():
+    cfg = get_config("bevfusion-01")
+    model = prepared_scn(cfg)
+    voxels, coords = random_voxels(cfg, n=2, seed=3)
+    try:
+        C.calibrate(model, [(voxels * 1e-3, coords), random_voxels(cfg, seed=4)], progress=False)
+    except WorkbookError:  # a layer that sees nothing from two points is named; the sizes are what matters here
+        pass
+    sizes = [q._calibrator.hist.numel() for _, kind, q in named_quantizers(model)
+             if kind != "weight" and q._calibrator.hist is not None]
+    assert sizes and set(sizes) == {C.BINS}
