@@ -17,6 +17,8 @@ from helpers.errors import WorkbookError
 from helpers.export import main
 from helpers.model import build_scn, place
 from helpers.trace import handlers, onnx_build, registry, tracer
+from helpers.trace.tracer import Node
+from helpers.viz.side_by_side import op_count_rows, stage_rows
 from tests.conftest import random_voxels
 
 CFG = get_config("centerpoint-0075")
@@ -170,3 +172,22 @@ def test_command_line_rejects_a_grid_or_layout_of_the_other_network(tmp_path, ca
     out = tmp_path / "x.onnx"
     assert main(["--network", "centerpoint", "--out", str(out)] + extra) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_side_by_side_tables(exported):
+    result = exported[0]
+    nodes = result.tracer.nodes
+    bev_like = nodes[:-1] + [Node("Transpose", "transpose0", ["38"], ["39"], {"dims": [0, 1, 2, 4, 3]}),
+                             Node("Reshape", "reshape0", ["39"], ["40"], {"dims": [1, 256, 180, 180]})]
+    graphs = {"CenterPoint": nodes, "with a Transpose": bev_like}
+    counts = {r["op"]: (r["CenterPoint"], r["with a Transpose"]) for r in op_count_rows(graphs)}
+    assert counts == {"SparseConvolution": (21, 21), "Add": (8, 8), "Relu": (8, 8), "ScatterDense": (1, 1),
+                      "Transpose": (0, 1), "Reshape": (1, 1), "nodes": (39, 40)}
+    rows = stage_rows(graphs)
+    assert [r["stage"] for r in rows] == ["input"] + [f"stride conv {i}" for i in (1, 2, 3, 4)] + \
+        ["ScatterDense", "Transpose", "Reshape"]
+    grids = [r["CenterPoint"].split(" · ")[0] for r in rows[:5]]
+    assert grids == [" × ".join(map(str, g)) for g in expected_grids()]
+    assert rows[1]["CenterPoint"].endswith("(conv2.0)") and rows[4]["CenterPoint"].endswith("(extra_conv.0)")
+    assert rows[6]["CenterPoint"] == "-" and rows[6]["with a Transpose"] == "dims [0, 1, 2, 4, 3]"
+    assert rows[7]["CenterPoint"] == "[1, 256, 180, 180]"

@@ -110,3 +110,36 @@ def test_command_line_on_gpu(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "on cuda" in printed and "contract check: passed" in printed and "agrees with PyTorch" in printed
     print("\n" + printed.strip().splitlines()[-1])
+
+
+def test_centerpoint_export_on_gpu(tmp_path, capsys):
+    """CenterPoint through the same pipeline on CUDA: 39 nodes, contract, fp16 re-run, agreement with the CPU."""
+    import copy
+
+    from helpers.check.contract import CENTERPOINT_OPS
+    from helpers.quant.precision import quantizers_disabled
+    cfg = get_config("centerpoint-0075")
+    for name, points in scans():
+        voxels, coords = voxelize(torch.from_numpy(points).to(CUDA), cfg)
+        calib = [(voxels, coords)] + [voxelize(torch.from_numpy(make_scene("full", seed=s)).to(CUDA), cfg)
+                                      for s in (1, 2, 3)]
+        model = prepare_scn(place(build_scn(cfg), CUDA), calib, int8=True, progress=False)
+        cost = int8_cost(model, voxels, coords)
+        cpu_model = place(copy.deepcopy(model), "cpu")
+        path = tmp_path / "centerpoint.onnx"
+        result = export_scn(model, voxels, coords, path)
+        assert len(result.tracer.nodes) == 39 and list(result.output.shape) == [1, 256, 180, 180]
+        assert result.output.dtype == torch.float16
+        assert check_contract(path, op_counts=CENTERPOINT_OPS) == []
+        diff = compare(result.output, run_graph(path, voxels.half(), coords, torch.float16))
+        with torch.no_grad(), quantizers_disabled(cpu_model):
+            cpu = cpu_model(voxels.half().float().cpu(), coords.cpu())
+        vs_cpu = compare(cpu, result.output.float().cpu())
+        with capsys.disabled():  # the figures, shown with pytest -s
+            print(f"\nCenterPoint {name} ({len(voxels)} voxels): int8 fake-quant vs float cosine {cost['cosine']:.5f}; "
+                  f"fp16 trace re-run cosine {diff['cosine']:.6f}; GPU fp16 vs CPU fp32 cosine {vs_cpu['cosine']:.6f}")
+        assert cost["cosine"] > 0.99 and diff["cosine"] >= 0.9999 and vs_cpu["cosine"] > 0.999
+    args = ["--network", "centerpoint", "--device", "cuda", "--scene", "full", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "cli.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "39 nodes" in printed and "contract check: passed" in printed and "agrees with PyTorch" in printed

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, List
 
+from helpers.errors import WorkbookError
 from helpers.trace.tracer import Tracer
 
 
@@ -51,6 +52,7 @@ def make_wrapper(tracer: Tracer, original: Callable, handler: Callable) -> Calla
             tracer.busy = False
         return output
     traced.__wrapped__ = original
+    traced.patched_by = tracer  # marks a wrapper, so a second trace cannot wrap it again
     return traced
 
 
@@ -61,6 +63,9 @@ def tracing(tracer: Tracer, registry: Registry):
     try:
         for patch in registry.patches:
             own = patch.owner.__dict__.get(patch.name)  # None when the method is inherited
+            if hasattr(own, "patched_by"):  # a trace inside a trace would record every op twice
+                raise WorkbookError(f"{patch.owner.__name__}.{patch.name} is already patched by a trace in progress; "
+                                    "finish that `with tracing(...)` block before starting another")
             undo.append((patch.owner, patch.name, own))
             setattr(patch.owner, patch.name, make_wrapper(tracer, getattr(patch.owner, patch.name), patch.handler))
         yield tracer
