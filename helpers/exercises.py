@@ -164,7 +164,10 @@ class Exercises:
 
     def check(self, number: int, namespace: Optional[dict] = None) -> None:
         """Run exercise `number`'s check on the notebook's answer; print the verdict; never raise."""
-        exercise = self.by_number[number]
+        exercise = self.by_number.get(number)
+        if exercise is None:
+            print(f"There is no exercise {number!r} in {self.notebook}: its exercises are {sorted(self.by_number)}.")
+            return
         namespace = namespace or self.namespace or sys._getframe(1).f_globals
         lines = [f"Exercise {number} ({exercise.title}):"]
         before = self.restore()

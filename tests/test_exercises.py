@@ -46,6 +46,8 @@ def test_a_check_prints_solved_or_what_is_wrong_and_never_raises(capsys):
     exercises = make_exercises(double=lambda v: 2 * v)
     exercises.check(1)
     assert "solved" in capsys.readouterr().out and exercises.results() == {"solved": 1, "total": 1}
+    exercises.check(7)  # a typo in the check cell
+    assert "no exercise 7" in capsys.readouterr().out and exercises.results() == {"solved": 1, "total": 1}
 
 
 def test_a_recursion_error_gets_its_own_hint(capsys):

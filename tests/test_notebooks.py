@@ -93,9 +93,7 @@ def test_the_student_edition_runs_headless_to_the_last_cell_and_solves_nothing(s
     instructor = nbformat.read(notebook_path(stem), as_version=4)
     if not any(editions.BEGIN in cell.source for cell in code_cells(instructor)):
         pytest.skip(f"{stem} has no exercise with solution markers yet")
-    student = tmp_path / "student" / f"{stem}.ipynb"
-    student.parent.mkdir()
-    nbformat.write(editions.student_notebook(instructor, student.name), str(student))
+    student = runner.write_student_copy(notebook_path(stem), tmp_path / "student")  # as `--student` does
     nb = runner.execute_notebook(student, tmp_path / "out", profile="ci", allow_errors=True)
     results = results_of(nb)  # the last cell ran
     assert results["exercises"]["solved"] == 0 and results["exercises"]["total"] >= 3

@@ -2,6 +2,7 @@
 
     python tools/execute_notebooks.py --out build                  # all notebooks, profile "default"
     python tools/execute_notebooks.py --out build --profile ci 02  # one notebook, the small CI profile
+    python tools/execute_notebooks.py --student --out build/student-run 01  # the student edition, errors allowed
 
 The kernel ("python3", i.e. this Python) starts in notebooks/, as in JupyterLab, with SCN_PROFILE
 set to the profile and the repository root on PYTHONPATH. The committed notebooks have no outputs; the executed copies go to --out.
@@ -83,6 +84,16 @@ def offline_settings(folder: Path) -> dict:
             **{k: local[k] for k in ("require_js_url", "mathjax_url", "widget_renderer_url")}}
 
 
+def write_student_copy(path: Path, folder: Path) -> Path:
+    """folder/<name>.ipynb: the student edition of the notebook at `path` (the one tools/editions.py writes)."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import editions  # tools/editions.py
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(editions.student_notebook(nbformat.read(path, as_version=4), path.name), str(folder / path.name))
+    return folder / path.name
+
+
 def find_notebook(name: str) -> Path:
     """'02', '02_decorator_trace' or '02_decorator_trace.ipynb' -> notebooks/02_decorator_trace.ipynb."""
     stem = Path(name).stem
@@ -98,6 +109,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default="build", help="folder for the executed notebooks and HTML (default build)")
     parser.add_argument("--profile", default="default", help="SCN_PROFILE for the kernel, e.g. ci (default default)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
+    parser.add_argument("--student", action="store_true",
+                        help="run the student edition (solutions stubbed, tools/editions.py), errors allowed")
     args = parser.parse_args(argv)
     failed = 0
     for path in [find_notebook(n) for n in (args.names or ORDER)]:
@@ -106,7 +119,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            execute_notebook(path, args.out, args.profile, args.timeout)
+            if args.student:
+                path = write_student_copy(path, Path(args.out) / "student")
+            execute_notebook(path, args.out, args.profile, args.timeout, allow_errors=args.student)
             status = "ok"
         except Exception as error:  # report and go on with the next notebook
             failed += 1
