@@ -30,6 +30,7 @@ from torch import nn
 
 from helpers.errors import WorkbookError
 from helpers.quant.modules import named_quantizers
+from helpers.quant.precision import sync_quantizers
 from helpers.quant.ranges import check_calibrated
 
 BINS = 32768  # histogram bins, whatever the data: 32768 x 8 bytes = 256 KiB per quantizer (the library's
@@ -272,7 +273,11 @@ def weight_amax(weight: torch.Tensor, axis) -> torch.Tensor:
 
 
 def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = True, bins: int = BINS) -> nn.Module:
-    """Run (voxels, coords) batches through the model to collect histograms, then set every amax."""
+    """Run (voxels, coords) batches through the model to collect histograms, then set every amax.
+
+    Every quantizer gets an amax, also those of fp16 layers (so the cost of quantizing them can be
+    measured: int8_cost(..., quantize_fp16_layers=True)); afterwards only the int8 layers' are on.
+    """
     if method not in METHODS:
         raise WorkbookError(f"calibration method {method!r} is unknown; use one of {', '.join(METHODS)}")
     if len(batches) == 0:
@@ -304,6 +309,7 @@ def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = T
             q.enable()
             q.disable_calib()
             q.enable_quant()
+        sync_quantizers(model)  # an fp16 layer's quantizers are off again: it computes in float, as the engine does
     flat = torch.cat([q.amax.reshape(-1).float() for _, _, q in layers]).cpu()  # one host copy
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
         check_calibrated(model)  # names every layer that saw no data, only zeros, NaN or infinity
