@@ -22,6 +22,7 @@ from helpers.model import ResidualAdd
 # narrow_range=False, and its TensorQuantizer then clamps to -128..127 (fake_tensor_quant's own default is True).
 INT8 = dict(num_bits=8, narrow_range=True)
 
+
 class QuantSparseConv(SparseConvolution):
     """A sparse conv with a bias, an optional fused ReLU and int8 fake quantization of input and weight."""
 
