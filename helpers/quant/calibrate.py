@@ -287,14 +287,13 @@ def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = T
         raise WorkbookError("the model has no quantizers; run helpers.quant.modules.quantize_scn(model) first")
     weights = [(model.get_submodule(path), q) for path, kind, q in layers if kind == "weight"]
     inputs = [q for _, kind, q in layers if kind != "weight"]  # conv inputs and add inputs: histograms
+    # the switches are set directly: the library's enable_calib() / disable_calib() log a line per quantizer
     try:
         for q in inputs:
             q._calibrator = HistogramCollector(bins)  # a second calibrate() starts afresh
-            q.enable()
-            q.disable_quant()
-            q.enable_calib()
+            q._disabled, q._if_quant, q._if_calib = False, False, True  # collect, pass x through unchanged
         for _, q in weights:
-            q.disable()  # the scans run the float weights; their amax needs no scan
+            q._disabled = True  # the scans run the float weights; their amax needs no scan
         with torch.no_grad():
             for voxels, coords in _progress(batches, progress):
                 model(voxels, coords)
@@ -306,9 +305,7 @@ def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = T
             _set_amax(q, weight_amax(layer.weight, q.axis))
     finally:
         for q in inputs + [q for _, q in weights]:
-            q.enable()
-            q.disable_calib()
-            q.enable_quant()
+            q._disabled, q._if_quant, q._if_calib = False, True, False  # fake int8 on, as before calibrating
         sync_quantizers(model)  # an fp16 layer's quantizers are off again: it computes in float, as the engine does
     flat = torch.cat([q.amax.reshape(-1).float() for _, _, q in layers]).cpu()  # one host copy
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
