@@ -5,8 +5,8 @@ the command line.
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
     python -m helpers.export --network centerpoint --checkpoint epoch_20.pth --out build/centerpoint.onnx
 
-Steps: build (and load) the SCN -> prepare and export it (helpers.pipeline) -> check the file against
-the contract and re-run it from the file alone.
+Steps: build (and load) the SCN -> prepare and export it (helpers.pipeline) -> check the file as
+python -m helpers.verify does: the contract, and re-runs from the file alone, in float and in int8.
 """
 import argparse
 import sys
@@ -15,12 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import torch
 
-from helpers.check.compare import compare
-from helpers.check.contract import OP_COUNTS, check_contract
-from helpers.check.rerun import run_graph
+from helpers.check.agree import check_file, save_reference
+from helpers.check.contract import OP_COUNTS
 from helpers.checkpoint import load_checkpoint
 from helpers.config import NETWORKS, PRESETS, SCNConfig, get_config
 from helpers.data.points import read_points
@@ -29,6 +27,7 @@ from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
 from helpers.model import build_scn, pick_device, place
 from helpers.pipeline import ExportResult, export_scn, prepare_scn
+from helpers.quant.reference import reference_run
 
 
 def load_batches(args, cfg: SCNConfig, device) -> List:
@@ -78,7 +77,8 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     p.add_argument("--calibrate", type=int, default=4, metavar="N", help="scans for int8 calibration (default 4)")
     p.add_argument("--calib-points", nargs="*", default=[], metavar="FILE", help="scans to calibrate on")
-    p.add_argument("--save-tensors", metavar="DIR", help="write voxels.npy, coors.npy and output.npy (float32)")
+    p.add_argument("--save-tensors", metavar="DIR", help="write voxels.npy, coors.npy, output.npy, output_int8.npy "
+                   "(fake-quant) and node_stats.npz, for python -m helpers.verify FILE --tensors DIR")
     p.add_argument("--out", default="build/scn.onnx", help="the ONNX file to write (default build/scn.onnx)")
     p.add_argument("--quiet", action="store_true", help="do not print the node-by-node log")
     args = p.parse_args(argv)
@@ -109,22 +109,12 @@ def run(args) -> int:
     result = export_scn(prepared, voxels, coords, Path(args.out), int8=int8,
                         on_node=None if args.quiet else print_node)
     print(f"wrote {args.out}: {summary(result)} in {time.perf_counter() - t0:.1f} s")
-    problems = check_contract(result.model, op_counts=OP_COUNTS[cfg.network])  # 40 nodes BEVFusion, 39 CenterPoint
-    print("contract check: " + ("passed" if not problems else f"{len(problems)} problems"))
-    for problem in problems:
-        print(f"  - {problem}")
-    rerun = run_graph(args.out, voxels, coords, result.output.dtype)
-    diff = compare(result.output, rerun)
-    ok = diff["max_abs"] <= 1e-4 if result.output.dtype == torch.float32 else diff["cosine"] >= 0.9999
-    print(f"graph re-run from the file: max abs error {diff['max_abs']:.3g}, cosine {diff['cosine']:.6f} "
-          f"({'agrees' if ok else 'DISAGREES'} with PyTorch)")
+    reference = reference_run(prepared, voxels, coords)  # float and fake-quant PyTorch, node by node
     if args.save_tensors:
-        out = Path(args.save_tensors)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "voxels.npy", voxels.half().cpu().numpy())  # [N, 5] fp16, the graph input
-        np.save(out / "coors.npy", coords.int().cpu().numpy())  # [N, 4] int32
-        np.save(out / "output.npy", result.output.float().cpu().numpy())  # [1, 256, 180, 180]
-    return 0 if ok and not problems else 1
+        save_reference(args.save_tensors, reference)  # + output_int8.npy and node_stats.npz
+    verdict = check_file(args.out, reference, op_counts=OP_COUNTS[cfg.network], device=device)  # = helpers.verify
+    print("\n".join(verdict.lines))
+    return verdict.code
 
 
 def main(argv=None) -> int:

@@ -13,14 +13,13 @@ from typing import Callable, Optional
 
 import onnx
 import torch
-from pytorch_quantization.nn import TensorQuantizer
 
 from helpers.errors import WorkbookError
 from helpers.files import save_atomic
 from helpers.model import place
 from helpers.quant.calibrate import calibrate
 from helpers.quant.fuse import fuse
-from helpers.quant.modules import quantize_scn
+from helpers.quant.modules import TensorQuantizer, quantize_scn  # helpers.quant imports the library lean
 from helpers.quant.precision import quantizers_disabled, set_precision
 from helpers.quant.ranges import dynamic_ranges
 from helpers.trace.handlers import REGISTRY

@@ -16,7 +16,7 @@ from helpers.quant.fuse import fuse
 from helpers.quant.modules import named_quantizers, quantize_scn
 from helpers.quant.precision import set_precision
 
-DIGEST = "dcfcbac2d528b071e788e78c78764abfd5514b9f50d454bd94445719a8e21529"
+DIGEST = "b27b624cfa9ba686ea57a862900e016d40f269a4b2c16f3f94fe0baf1ee6d5aa"
 
 
 def fixed_amax(model):

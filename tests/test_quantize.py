@@ -15,9 +15,9 @@ from helpers.quant.calibrate import calibrate
 from helpers.quant.cost import int8_cost
 from helpers.quant.fuse import fold_bn, fuse, fuse_relu
 from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers, quantize_scn
-from helpers.quant.precision import quantizers_disabled, set_precision, set_quantizers
-from helpers.quant.ranges import (add_dynamic_range, amax_table, check_calibrated, input_dynamic_range,
-                                  weight_dynamic_ranges)
+from helpers.quant.precision import quantizers_disabled, set_precision, set_quantizers, sync_quantizers
+from helpers.quant.ranges import (add_dynamic_range, amax_table, check_calibrated, dynamic_ranges,
+                                  input_dynamic_range, weight_dynamic_ranges)
 
 
 def random_scan(seed, n=3000, channels=5, region=(40, 40, 12), offset=(480, 480, 14)):
@@ -208,7 +208,35 @@ def test_quantizers_disabled_restores_state_after_exception(calibrated):
         assert all(q._disabled for q in quantizers)
     finally:
         set_quantizers(calibrated, True)
-    assert not any(q._disabled for q in quantizers)
+    states = {(path, kind): q._disabled for path, kind, q in named_quantizers(calibrated)}
+    assert states.pop(("conv_input.0", "input")) and states.pop(("conv_input.0", "weight"))  # the fp16 layer
+    assert not any(states.values())
+
+
+def test_precision_and_quantizer_state_are_one_fact(calibrated, scan):
+    """An fp16 layer has its quantizers off, after set_precision, calibrate and set_quantizers alike."""
+    model = copy.deepcopy(calibrated)
+    first = model.get_submodule("conv_input.0")
+    assert first.precision == "fp16" and first.input_quantizer._disabled and first.weight_quantizer._disabled
+    assert first.input_quantizer.amax is not None  # calibrated all the same: int8_cost can try it
+    assert first not in dynamic_ranges(model) and len(dynamic_ranges(model)) == 20 + 8
+    calibrate(model, [random_scan(1)], progress=False)
+    assert first.input_quantizer._disabled and first.weight_quantizer._disabled
+    add = model.get_submodule("encoder_layers.encoder_layer2.1.add")
+    add.precision = "fp16"  # an fp16 add: its quantizer goes off too
+    sync_quantizers(model)
+    assert add.quantizer._disabled and add not in dynamic_ranges(model)
+    add.precision = "int8"
+    set_precision(model, int8=False)
+    assert all(q._disabled for _, _, q in named_quantizers(model)) and dynamic_ranges(model) == {}
+    set_precision(model)
+    # the fp16 input is not quantized: the first conv's fake-quant output equals its float output
+    with torch.no_grad():
+        x = spconv.SparseConvTensor(scan[0], scan[1], [1024, 1024, 41], 1)
+        quantized = first(x).features
+        with quantizers_disabled(model):
+            assert torch.equal(first(x).features, quantized)
+    assert int8_cost(model, *scan)["cosine"] != int8_cost(model, *scan, quantize_fp16_layers=True)["cosine"]
 
 
 # --- a network of another shape: conversion is generic ---

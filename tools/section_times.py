@@ -31,9 +31,9 @@ def section_times(path) -> List[Tuple[str, float, int]]:
     sections: List[Tuple[str, float, int]] = [("(before the first heading)", 0.0, 0)]
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            first = cell.source.lstrip().split("\n", 1)[0]
-            if first.startswith(("# ", "## ")):
-                sections.append((first.lstrip("# ").strip(), 0.0, 0))
+            for line in cell.source.splitlines():
+                if line.startswith(("# ", "## ")):
+                    sections.append((line.lstrip("# ").strip(), 0.0, 0))
         elif cell.cell_type == "code":
             took = seconds(cell)
             if took is not None:

@@ -23,6 +23,7 @@ all quantizers at once with prefix sums instead of one loop per candidate:
   percentile  the bin edge where the cumulative count reaches `percentile` %
 Candidates start at bin 128 of the first width (the library's start_bin).
 """
+import math
 from typing import List, Sequence
 
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 
 from helpers.errors import WorkbookError
 from helpers.quant.modules import named_quantizers
+from helpers.quant.precision import sync_quantizers
 from helpers.quant.ranges import check_calibrated
 
 BINS = 32768  # histogram bins, whatever the data: 32768 x 8 bytes = 256 KiB per quantizer (the library's
@@ -39,58 +41,75 @@ START_BIN = 128  # candidates start at bin 128 of that first width (the library'
 LEVELS = 127  # int8: -127..127
 METHODS = ("mse", "entropy", "percentile")
 CHUNK = 256  # candidates evaluated at a time (bounds the [quantizers, CHUNK, 128] work tensors)
-SMALLEST_WIDTH = 2.0 ** -100  # so that 1 / width stays a finite float32
+SMALLEST_WIDTH = 2.0 ** -100  # a width that float32 holds exactly, whatever the data
+
+
+PENDING = 64  # on a GPU, tensors kept (as |x| copies) before their counts are taken in one batch
 
 
 class HistogramCollector:
     """A histogram of |x| over every tensor one quantizer sees, kept on that tensor's device.
 
     Bin width: the first non-zero tensor's largest |x| / 2048, as pytorch-quantization's
-    HistogramCalibrator, so the two give the same histogram and the same amax. Where the library
-    would add bins beyond `bins`, neighbouring bins merge in pairs instead (the width doubles), so
-    memory is `bins` float64 counts whatever the data. Duck-types the library's calibrator:
+    HistogramCalibrator, so the two give the same histogram and the same amax; a value goes to bin
+    floor(|x| / width), computed as the library computes it. Where the library would add bins
+    beyond `bins`, neighbouring bins merge (2, 4, ... at a time) and the width doubles as often,
+    so memory is `bins` float64 counts whatever the data. Duck-types the library's calibrator:
     TensorQuantizer calls `collect(x)` while calibrating.
+
+    On a GPU, `collect` only queues |x| and its max (no wait); `flush_all` (called once per scan by
+    `calibrate`, and by `histogram_amax`) reads the maxima of every queued tensor of every
+    collector in one host copy, then counts each tensor with one histc call. On a CPU, where reading
+    a value costs nothing, each tensor is counted at once.
     """
 
     def __init__(self, bins: int = BINS):
-        if bins < FIRST_BINS:
-            raise ValueError(f"a histogram needs at least {FIRST_BINS} bins, got {bins}")
+        if bins < FIRST_BINS or bins & (bins - 1):
+            raise ValueError(f"a histogram needs a power of two >= {FIRST_BINS} bins, got {bins}")
         self.bins = bins
         self.hist = None  # [bins] float64 counts on the device of the first tensor; bin i is [i w, (i + 1) w)
-        self.width = None  # [] float64: w, 0 until a tensor with a non-zero value came
-        self.first_width = None  # [] float64: the width before any merge (candidates start at 128 of those)
-        self.max = None  # [] float64: the largest finite |x| seen
-        self.bad = None  # [] bool: some value was NaN or infinite (the amax becomes NaN)
-        self._positions = None  # [bins] float64 0, 1, ..., bins - 1 (to merge bins)
+        self.width = 0.0  # w; 0 until a tensor with a non-zero value came
+        self.first_width = 0.0  # the width before any merge (candidates start at bin 128 of those)
+        self.max = 0.0  # the largest finite |x| seen
+        self.bad = False  # some value was NaN or infinite: the amax becomes NaN
+        self._queue = []  # (|x|, its max as a 0-d device tensor) not yet counted
 
     def collect(self, x: torch.Tensor):
-        """Add |x| to the histogram; device operations only (no host copy, no GPU wait)."""
+        """Queue |x| (a GPU does not wait); on a CPU, count it at once."""
         x = x.detach()
         if x.numel() == 0:
             return
         if self.hist is None:
-            kw = dict(device=x.device, dtype=torch.float64)
-            self.hist, self._positions = torch.zeros(self.bins, **kw), torch.arange(self.bins, **kw)
-            self.width, self.first_width, self.max = (torch.zeros((), **kw) for _ in range(3))
-            self.bad = torch.zeros((), device=x.device, dtype=torch.bool)
-        a = x.float().abs()  # a new tensor (abs copies), scaled in place below
-        top = a.max().double()
-        self.bad = self.bad | ~torch.isfinite(top)
-        self.max = torch.maximum(self.max, torch.nan_to_num(top, nan=0.0, posinf=0.0))
-        starts = (self.width == 0) & (self.max > 0)  # the first non-zero tensor sets the width
-        self.width = torch.where(starts, (self.max / FIRST_BINS).clamp_min(SMALLEST_WIDTH), self.width)
-        self.first_width = torch.where(starts, self.width, self.first_width)
-        # beyond the last bin: 2**k neighbouring bins become one, the width grows 2**k times (exact)
-        over = torch.where(self.width > 0, self.max / (self.width * self.bins), torch.zeros_like(self.max))
-        factor = torch.exp2(torch.ceil(torch.log2(over.clamp_min(1.0))))  # 1 unless the max left the bins
-        merged_into = torch.floor(self._positions / factor).long()  # [bins]
-        self.hist = torch.zeros_like(self.hist).index_add_(0, merged_into, self.hist)
-        self.width = self.width * factor
-        a.mul_(torch.where(self.width > 0, 1.0 / self.width, torch.zeros_like(self.width)).float())  # in bins
-        if a.is_cuda:
-            self.hist += _histc_in_shared_memory(a, self.bins)
-        else:  # the same bins as histc, about 3x faster on a CPU
-            self.hist += torch.bincount(a.flatten().to(torch.int32).clamp_(0, self.bins - 1), minlength=self.bins)
+            self.hist = torch.zeros(self.bins, device=x.device, dtype=torch.float64)
+        a = x.float().abs()  # a copy: a later in-place change of x cannot reach the queue
+        self._queue.append((a, a.amax()))  # amax propagates NaN
+        if not a.is_cuda or len(self._queue) >= PENDING:
+            flush_all([self])
+
+    def _count(self, a: torch.Tensor, top: float):
+        """Add |x| = `a`, whose max is `top`, to the histogram (merging bins first if it reaches past them)."""
+        if not math.isfinite(top):
+            self.bad = True  # the amax will be NaN: counting the rest would not change that
+            return
+        self.max = max(self.max, top)
+        if self.width == 0:
+            if self.max == 0:  # only zeros so far: they are bin 0 whatever the width will be
+                self.hist[0] += a.numel()
+                return
+            self.width = self.first_width = max(self.max / FIRST_BINS, SMALLEST_WIDTH)
+        if self.max > self.width * self.bins:  # 2**k neighbouring bins become one, exactly
+            factor = 2 ** math.ceil(math.log2(self.max / (self.width * self.bins)))
+            while self.max > self.width * factor * self.bins:  # log2 rounding
+                factor *= 2
+            merged_into = torch.arange(self.bins, device=self.hist.device) // min(factor, self.bins)
+            self.hist = torch.zeros_like(self.hist).index_add_(0, merged_into, self.hist)
+            self.width *= factor
+        used = min(self.bins, 1 << max(0, math.ceil(top / self.width) - 1).bit_length())  # power of two >= top / w
+        if a.is_cuda:  # bin = (int)(a * used / (used * w)) = floor(a / w): the library's histc arithmetic
+            counts = torch.histc(a, used, 0, used * self.width)  # a shared-memory kernel up to ~12,000 bins
+        else:  # the same bins, about 3x faster than histc on a CPU (a scalar division is IEEE here)
+            counts = torch.bincount(a.div_(self.width).flatten().to(torch.int32).clamp_(0, used - 1), minlength=used)
+        self.hist[:used] += counts
 
     def reset(self):
         self.__init__(self.bins)
@@ -100,22 +119,16 @@ class HistogramCollector:
         return histogram_amax([self], method, **kwargs)[0]
 
 
-GPU_PART = 8192  # bins per torch.histc call on a GPU: its fast kernel needs the bins in 48 KiB of shared memory
-
-
-def _histc_in_shared_memory(a: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts of a (values in bin units) in bins [0, 1), ..., [bins - 1, bins], as torch.histc(a, bins, 0,
-    bins) counts them, in parts of GPU_PART bins: histc keeps the histogram in shared memory only up
-    to ~12,000 bins, and with more every thread adds to one global copy (the zeros after a ReLU would
-    queue on one address). min and max are numbers, so nothing waits; NaN and inf are not counted.
-    A part's extra top bin [hi, hi + 1] (histc closes its last bin) is dropped: the next part counts it."""
-    parts = []
-    for lo in range(0, bins, GPU_PART):
-        if lo + GPU_PART >= bins:
-            parts.append(torch.histc(a, bins - lo, lo, bins))
-        else:
-            parts.append(torch.histc(a, GPU_PART + 1, lo, lo + GPU_PART + 1)[:GPU_PART])
-    return torch.cat(parts)
+def flush_all(collectors: Sequence[HistogramCollector]):
+    """Count every queued tensor of these collectors: one host copy for all their maxima."""
+    jobs = [(c, a, top) for c in collectors for a, top in c._queue]
+    if not jobs:
+        return
+    tops = torch.stack([top.float() for _, _, top in jobs]).cpu().tolist()  # the one read
+    for c in collectors:
+        c._queue = []
+    for (c, a, _), top in zip(jobs, tops):
+        c._count(a, top)
 
 
 def _prefix(values: torch.Tensor) -> torch.Tensor:
@@ -204,50 +217,46 @@ def _entropy_bins(hist: torch.Tensor, first: torch.Tensor, last: torch.Tensor, n
 
 def histogram_amax(collectors: Sequence[HistogramCollector], method: str = "mse",
                    percentile: float = 99.99) -> torch.Tensor:
-    """[Q] amax of each collector's histogram (float32, on the first one's device): NaN where a
-    collector saw NaN or infinity, 0 where it saw nothing or only zeros. One host read (how many
-    candidates the largest histogram needs), not one per quantizer."""
+    """[Q] amax of each collector's histogram (float32, on the first one's device), all at once:
+    NaN where a collector saw NaN or infinity, 0 where it saw nothing or only zeros."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile {percentile} is outside 0..100")
     if not collectors:
         return torch.empty(0)
+    flush_all(collectors)
     bins = collectors[0].bins
     if any(c.bins != bins for c in collectors):
         raise ValueError("histogram_amax needs collectors with the same number of bins")
     seen = [c for c in collectors if c.hist is not None]
     device = seen[0].hist.device if seen else torch.device("cpu")
-
-    def stack(get, empty):
-        return torch.stack([get(c).to(device) if c.hist is not None else torch.tensor(empty, device=device)
-                            for c in collectors])
-
-    hist = stack(lambda c: c.hist, [0.0] * bins)  # [Q, B]
-    top = stack(lambda c: c.max, 0.0)  # [Q]
-    width = stack(lambda c: c.width, 0.0)  # [Q]
-    first_width = stack(lambda c: c.first_width, 0.0)  # [Q]
-    bad = stack(lambda c: c.bad, False)  # [Q]
-    usable = width > 0  # saw a non-zero value
-    width_or_1 = torch.where(usable, width, torch.ones_like(width))
-    filled = torch.ceil(top / width_or_1).long().clamp(1, bins)  # [Q] bins up to the one holding max
-    start = torch.ceil(START_BIN * first_width / width_or_1).long().clamp(1, bins)  # [Q]
+    hist = torch.stack([c.hist.to(device) if c.hist is not None else torch.zeros(bins, device=device,
+                                                                                  dtype=torch.float64)
+                        for c in collectors])  # [Q, B]
+    width = torch.tensor([c.width for c in collectors], device=device, dtype=torch.float64)  # [Q]
+    # bins up to the one holding the max, and the first candidate (bin 128 of the first width)
+    filled = [min(bins, max(1, math.ceil(c.max / c.width))) if c.width > 0 else 1 for c in collectors]
+    start = [min(bins, max(1, math.ceil(START_BIN * c.first_width / c.width))) if c.width > 0 else 1
+             for c in collectors]
     if method == "percentile":
         cdf = (hist / hist.sum(1, keepdim=True).clamp_min(1e-300)).cumsum(1)  # the library's order of operations
         goal = torch.full((len(collectors), 1), percentile / 100, device=device, dtype=torch.float64)
         amax = torch.searchsorted(cdf, goal)[:, 0].clamp_max(bins).double() * width  # left edge, as the library
-    else:  # the one host read: how many candidates each histogram needs; rows sorted by it
-        filled_host, start_host = torch.stack([filled, start]).tolist()
-        order = sorted(range(len(collectors)), key=lambda r: -filled_host[r])
+    else:  # rows sorted by how many candidates they need, so a chunk of candidates works on the first rows
+        order = sorted(range(len(collectors)), key=lambda r: -filled[r])
         index = torch.tensor(order, device=device)
-        hist, first, last = hist[index], start[index], filled[index]
-        need, begin = [filled_host[r] for r in order], max(min(start_host) - 1, 0)
+        last = torch.tensor([filled[r] for r in order], device=device)
+        first = torch.tensor([start[r] for r in order], device=device)
+        need, begin = [filled[r] for r in order], max(min(start) - 1, 0)
         if method == "mse":  # candidates: centres of bins start .. filled - 1
-            best = _mse_bins(hist, first.clamp_max(last - 1), last - 1, need, begin).double() + 0.5
+            best = _mse_bins(hist[index], first.clamp_max(last - 1), last - 1, need, begin).double() + 0.5
         else:  # candidates: edges start .. filled
-            best = _entropy_bins(hist, first.clamp_max(last), last, need, begin).double()
+            best = _entropy_bins(hist[index], first.clamp_max(last), last, need, begin).double()
         amax = torch.empty_like(best).index_copy_(0, index, best) * width
-    amax = torch.where(usable & (top > 0), amax, torch.zeros_like(amax))
+    usable = torch.tensor([c.width > 0 and c.max > 0 for c in collectors], device=device)
+    bad = torch.tensor([c.bad for c in collectors], device=device)
+    amax = torch.where(usable, amax, torch.zeros_like(amax))
     return torch.where(bad, torch.full_like(amax, float("nan")), amax).float()
 
 
@@ -272,7 +281,11 @@ def weight_amax(weight: torch.Tensor, axis) -> torch.Tensor:
 
 
 def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = True, bins: int = BINS) -> nn.Module:
-    """Run (voxels, coords) batches through the model to collect histograms, then set every amax."""
+    """Run (voxels, coords) batches through the model to collect histograms, then set every amax.
+
+    Every quantizer gets an amax, also those of fp16 layers (so the cost of quantizing them can be
+    measured: int8_cost(..., quantize_fp16_layers=True)); afterwards only the int8 layers' are on.
+    """
     if method not in METHODS:
         raise WorkbookError(f"calibration method {method!r} is unknown; use one of {', '.join(METHODS)}")
     if len(batches) == 0:
@@ -282,28 +295,28 @@ def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = T
         raise WorkbookError("the model has no quantizers; run helpers.quant.modules.quantize_scn(model) first")
     weights = [(model.get_submodule(path), q) for path, kind, q in layers if kind == "weight"]
     inputs = [q for _, kind, q in layers if kind != "weight"]  # conv inputs and add inputs: histograms
+    # the switches are set directly: the library's enable_calib() / disable_calib() log a line per quantizer
     try:
         for q in inputs:
             q._calibrator = HistogramCollector(bins)  # a second calibrate() starts afresh
-            q.enable()
-            q.disable_quant()
-            q.enable_calib()
+            q._disabled, q._if_quant, q._if_calib = False, False, True  # collect, pass x through unchanged
         for _, q in weights:
-            q.disable()  # the scans run the float weights; their amax needs no scan
+            q._disabled = True  # the scans run the float weights; their amax needs no scan
         with torch.no_grad():
+            collectors = [q._calibrator for q in inputs]
             for voxels, coords in _progress(batches, progress):
                 model(voxels, coords)
+                flush_all(collectors)  # on a GPU: one host read per scan, for every layer
         device = batches[0][0].device
-        amax = histogram_amax([q._calibrator for q in inputs], method).to(device)  # [Q], one batch of work
+        amax = histogram_amax(collectors, method).to(device)  # [Q], one batch of work
         for q, value in zip(inputs, amax):
             _set_amax(q, value)
         for layer, q in weights:
             _set_amax(q, weight_amax(layer.weight, q.axis))
     finally:
         for q in inputs + [q for _, q in weights]:
-            q.enable()
-            q.disable_calib()
-            q.enable_quant()
+            q._disabled, q._if_quant, q._if_calib = False, True, False  # fake int8 on, as before calibrating
+        sync_quantizers(model)  # an fp16 layer's quantizers are off again: it computes in float, as the engine does
     flat = torch.cat([q.amax.reshape(-1).float() for _, _, q in layers]).cpu()  # one host copy
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
         check_calibrated(model)  # names every layer that saw no data, only zeros, NaN or infinity
@@ -322,9 +335,10 @@ def library_amax(collector: HistogramCollector, method: str, **kwargs) -> float:
     """The library's own compute_amax on this histogram (reference for tests; mse needs CUDA there)."""
     from pytorch_quantization.calib import histogram as library
 
-    filled = int(torch.ceil(collector.max / collector.width))
+    flush_all([collector])
+    filled = math.ceil(collector.max / collector.width)
     hist = collector.hist[:filled].cpu().numpy().astype("int64")
-    edges = (torch.arange(filled + 1, dtype=torch.float64) * float(collector.width)).numpy()
+    edges = (torch.arange(filled + 1, dtype=torch.float64) * collector.width).numpy()
     rule = {"entropy": library._compute_amax_entropy, "percentile": library._compute_amax_percentile,
             "mse": library._compute_amax_mse}[method]
     args = (hist, edges) if method == "percentile" else (hist, edges, 8, False)

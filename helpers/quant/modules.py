@@ -18,6 +18,11 @@ from helpers.errors import WorkbookError
 from helpers.model import ResidualAdd
 
 
+# Symmetric int8, -127..127, the file's semantics. pytorch-quantization 2.1.3's QuantDescriptor defaults to
+# narrow_range=False, and its TensorQuantizer then clamps to -128..127 (fake_tensor_quant's own default is True).
+INT8 = dict(num_bits=8, narrow_range=True)
+
+
 class QuantSparseConv(SparseConvolution):
     """A sparse conv with a bias, an optional fused ReLU and int8 fake quantization of input and weight."""
 
@@ -26,8 +31,8 @@ class QuantSparseConv(SparseConvolution):
         super().__init__(ndim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias=True, subm=subm, output_padding=output_padding, transposed=transposed,
                          inverse=inverse, indice_key=indice_key, algo=algo)
-        self.input_quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, calib_method="histogram"))  # per tensor
-        self.weight_quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, axis=(0,)))  # per C_out, max calib
+        self.input_quantizer = TensorQuantizer(QuantDescriptor(**INT8, calib_method="histogram"))  # per tensor
+        self.weight_quantizer = TensorQuantizer(QuantDescriptor(**INT8, axis=(0,)))  # per C_out, max calib
         self.activation = "None"  # "ReLU" once fuse_relu has fused the following ReLU
         self.precision = "int8"  # of the input: "int8" or "fp16"
         self.output_precision = "int8"
@@ -61,7 +66,7 @@ class QuantAdd(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, calib_method="histogram"))  # per tensor
+        self.quantizer = TensorQuantizer(QuantDescriptor(**INT8, calib_method="histogram"))  # per tensor
         self.precision = "int8"
         self.output_precision = "int8"
         self.layer_name = ""

@@ -82,13 +82,17 @@ def add_dynamic_range(add: QuantAdd) -> float:
 
 
 def dynamic_ranges(model: nn.Module) -> Dict[nn.Module, dict]:
-    """The int8 dynamic-range attributes of every quantized layer, keyed by module.
+    """The int8 dynamic-range attributes of every int8 layer, keyed by module (fp16 layers have none).
 
     All amax values reach the host in ONE copy: on a GPU each separate .item() would wait for all
     queued work, and a trace would pay that wait about fifty times.
     """
-    layers = [(m, kind, q) for m in model.modules() for kind, q in quantizers_of(m)]
-    if not layers or any(q.amax is None for _, _, q in layers):
+    if not named_quantizers(model):
+        check_calibrated(model)  # raises: not quantized at all
+    layers = [(m, kind, q) for m in model.modules() for kind, q in quantizers_of(m) if m.precision == "int8"]
+    if not layers:
+        return {}  # an all-fp16 network
+    if any(q.amax is None for _, _, q in layers):
         check_calibrated(model)  # raises, naming the layers
     flat = torch.cat([q.amax.detach().reshape(-1) for _, _, q in layers]).float().cpu()  # every amax
     if not (torch.isfinite(flat).all() and (flat > 0).all()):

@@ -1,0 +1,71 @@
+"""Check a saved SCN file: the contract, and what it computes in float and in int8.
+
+    python -m helpers.verify build/scn.onnx                          # the contract check alone
+    python -m helpers.verify build/scn.onnx --tensors build/tensors  # + float and int8-faithful re-runs
+
+--tensors DIR is the folder written by `python -m helpers.export --save-tensors DIR`: the voxels,
+the float PyTorch output, the fake-quant PyTorch output (output_int8.npy) and node_stats.npz. The
+file is re-run twice from its nodes, attributes and fp16 initializers alone: in float, and with its
+own precisions and dynamic ranges as the engine's int8 build computes them (helpers/check/int8.py).
+Exit code 0: every check agrees; 1: a check disagrees (the first differing node is named);
+2: bad input (one line: the file, what was expected, the fix).
+"""
+import argparse
+import sys
+
+from helpers.check.agree import check_file, load_reference
+from helpers.check.contract import OP_COUNTS
+from helpers.check.int8 import load
+from helpers.errors import WorkbookError
+from helpers.model import pick_device
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m helpers.verify", description=__doc__.split("\n\n")[0],
+                                epilog="exit codes: 0 all checks agree, 1 a check disagrees, 2 bad input")
+    p.add_argument("file", help="the .onnx file written by python -m helpers.export")
+    p.add_argument("--tensors", metavar="DIR", help="folder written by export --save-tensors: also re-run the "
+                   "file in float and in int8 and compare with PyTorch")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to re-run (default cpu, fp32)")
+    p.add_argument("--network", choices=sorted(OP_COUNTS) + ["any"], help="whose node counts the file must have "
+                   "(default: the network whose counts it has, else bevfusion); 'any' checks no counts")
+    return p.parse_args(argv)
+
+
+def expected_counts(model, network):
+    """The node counts per op type the file must have: the named network's, or the one it matches."""
+    if network == "any":
+        return None
+    if network:
+        return OP_COUNTS[network]
+    found = {}
+    for node in model.graph.node:
+        found[node.op_type] = found.get(node.op_type, 0) + 1
+    for counts in OP_COUNTS.values():
+        if all(found.get(op, 0) == n for op, n in counts.items()):
+            return counts
+    return OP_COUNTS["bevfusion"]
+
+
+def main(argv=None) -> int:
+    """The command line as a function: returns 0 (all agree), 1 (a check disagrees) or 2 (bad input)."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as stop:  # --help (0), or argparse's usage error (2)
+        return int(stop.code or 0)
+    try:
+        device = pick_device(args.device)
+        model = load(args.file)
+        reference = load_reference(args.tensors) if args.tensors else None
+        verdict = check_file(model, reference, op_counts=expected_counts(model, args.network), device=device)
+    except WorkbookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.file}:")
+    for line in verdict.lines:
+        print(line)
+    return verdict.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

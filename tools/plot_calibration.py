@@ -1,0 +1,56 @@
+"""Plot calibration time against the number of scans from `python -m helpers.bench --json` outputs.
+
+    python tools/plot_calibration.py docs/bench/cpu_calibration.json [docs/bench/h200_calibration.json ...] \
+        --out docs/calibration_scaling.svg
+
+Each JSON file is one line: its measured points (calibration_points) and the fitted line
+fixed + n x per-scan; the plain forward of that run is drawn as a dotted line with slope 1.5 x (CPU)
+or 2 x (GPU) the forward, the issue's per-scan targets.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="bench --json outputs (one JSON object each)")
+    p.add_argument("--out", default="docs/calibration_scaling.svg")
+    args = p.parse_args(argv)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "calibration"  # the same figures give the same file
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for path in args.runs:
+        f = json.loads(Path(path).read_text())
+        ns = [n for n, _ in f["calibration_points"]]
+        ts = [t for _, t in f["calibration_points"]]
+        gpu = f["device"] != "cpu"
+        label = f"{f['device']}, {f['dtype']}, {f['voxels']:,} voxels"
+        line, = ax.plot(ns, ts, "o", label=label)
+        top = max(ns)
+        fixed, per_scan = f["calibration_fixed_s"] or 0.0, f["calibration_per_scan_s"]
+        ax.plot([0, top], [fixed, fixed + per_scan * top], "-", color=line.get_color(), lw=1,
+                label=f"  fit: {fixed:.2f} s + n x {per_scan * 1e3:.0f} ms")
+        factor = 2.0 if gpu else 1.5
+        ax.plot([0, top], [fixed, fixed + factor * f["forward_s"] * top], ":", color=line.get_color(), lw=1,
+                label=f"  target slope: {factor:g} x forward ({f['forward_s'] * 1e3:.0f} ms)")
+    ax.set_xlabel("calibration scans")
+    ax.set_ylabel("calibration time (s)")
+    ax.set_title("Calibration time against the number of scans (python -m helpers.bench)", fontsize=9)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, metadata={"Date": None})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
