@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import pipeline
+from helpers.check.agree import check_file
 from helpers.check.compare import compare
 from helpers.check.contract import check_contract
 from helpers.check.rerun import run_graph
@@ -16,6 +17,7 @@ from helpers.data.scene import make_scene
 from helpers.errors import WorkbookError
 from helpers.export import main
 from helpers.model import build_scn, place
+from helpers.quant.reference import reference_run
 from helpers.trace import handlers, onnx_build, registry, tracer
 from helpers.trace.tracer import Node
 from helpers.viz.side_by_side import op_count_rows, stage_rows
@@ -163,7 +165,9 @@ def test_command_line_exports_centerpoint(tmp_path, capsys):
     assert "SCN centerpoint-0075 (zyx)" in printed and "grid [41, 1440, 1440]" in printed
     assert "39 nodes (21 SparseConvolution, 8 Add, 8 Relu, 1 ScatterDense, 1 Reshape)" in printed
     assert "output [1, 256, 180, 180]" in printed
-    assert "contract check: passed" in printed and "(agrees)" in printed and "DISAGREES" not in printed
+    assert "contract check: passed" in printed and "DISAGREES" not in printed
+    assert "float re-run of the file vs the PyTorch output: cosine 1.000000, max abs 0 (agrees)" in printed
+    assert "int8 re-run of the file vs the fake-quant PyTorch output: cosine 1.000000, max abs 0 (agrees)" in printed
 
 
 @pytest.mark.parametrize("extra, message", [(["--grid", "bevfusion-0075"], "is a bevfusion grid"),
@@ -191,3 +195,14 @@ def test_side_by_side_tables(exported):
     assert rows[1]["CenterPoint"].endswith("(conv2.0)") and rows[4]["CenterPoint"].endswith("(extra_conv.0)")
     assert rows[6]["CenterPoint"] == "-" and rows[6]["with a Transpose"] == "dims [0, 1, 2, 4, 3]"
     assert rows[7]["CenterPoint"] == "[1, 256, 180, 180]"
+
+
+def test_int8_faithful_rerun_is_the_fake_quant_model(exported):
+    """helpers.check.int8 runs the file as the engine's int8 build would: bit for bit the fake-quant model on the CPU."""
+    result, model, voxels, coords = exported
+    reference = reference_run(model, voxels, coords)
+    verdict = check_file(result.path, reference, op_counts=CENTERPOINT_OPS)
+    assert verdict.code == 0, verdict.lines
+    assert verdict.figures["float"]["max_abs"] == 0.0 and verdict.figures["int8"]["max_abs"] == 0.0
+    assert not torch.equal(reference.output_int8, reference.output)  # int8 did change the numbers
+    assert compare(reference.output, result.output)["max_abs"] == 0.0

@@ -93,3 +93,40 @@ def test_a_hard_coded_answer_fails(book, capsys):
     book.namespace["zyx_output_grid"] = lambda *args: [2, 180, 180]
     book.check(4)
     assert "NOT YET" in capsys.readouterr().out
+
+
+# --- the same, in a live kernel that ran the student edition of notebook 03 from top to bottom -------
+WRONG_SOURCES = {
+    1: [("def int8_codes(x, amax):\n    return torch.round(x * 127 / amax)\n", ["not clipped", "clamp"]),
+        ("def int8_codes(x, amax):\n    return torch.clamp(torch.floor(x * 127 / amax), -127, 127)\n",
+         ["floored", "torch.round"])],
+    2: [("def folded_bias(b, m, v, g, beta, eps):\n    return (b - m) * g / torch.sqrt(v) + beta\n",
+         ["eps is missing"]),
+        ("def folded_bias(b, m, v, g, beta, eps):\n    return b - m * g / torch.sqrt(v + eps) + beta\n",
+         ["not scaled"])],
+    3: [("def predict_conv_attributes(paths):\n    return [('ReLU', 'int8', 'int8') for p in paths]\n",
+         ["activation of", "residual"]),
+        ("def predict_conv_attributes(paths):\n"
+         "    return [('None' if p.endswith('conv2') else 'ReLU', 'int8', 'int8') for p in paths]\n",
+         ["precision of conv_input.0", "expected: fp16"])],
+    4: [("def zyx_output_grid(g, k, s, p):\n"
+         "    return [(n + 2 * q - (kk - 1) - 1) // ss + 1 for n, kk, ss, q in zip(g, k, s, p)]\n",
+         ["xyz order", "reverse"]),
+        ("def zyx_output_grid(g, k, s, p):\n    return [2, 180, 180]\n", ["NOT YET", "expected"])],
+}
+
+
+def test_wrong_answers_then_the_right_one_in_one_student_kernel():
+    from tests.exercise_support import StudentKernel, results_line
+    with StudentKernel("03_export_scn") as kernel:
+        numbers = kernel.exercise_numbers()
+        assert numbers == [1, 2, 3, 4]
+        assert results_line(kernel.last_cell())["exercises"] == {"solved": 0, "total": 4}
+        for number in numbers:
+            assert "NotImplementedError" in kernel.verdict_of_first_run(number)
+            for source, feedback in WRONG_SOURCES[number]:
+                text = kernel.try_answer(number, f"# Exercise {number}\n" + source)
+                assert "NOT YET" in text and all(words in text for words in feedback), text
+            text = kernel.try_answer(number, kernel.solution(number))
+            assert "solved." in text and "NOT YET" not in text, text
+        assert kernel.results()["exercises"] == {"solved": 4, "total": 4}

@@ -3,6 +3,7 @@
 Skipped without a GPU (CI has none); run on a CUDA machine with `pytest -s tests/test_gpu.py`,
 which also prints the figures. Real scans are read from SCN_DATA or ../shared/data when present.
 """
+import copy
 import os
 import statistics
 import time
@@ -14,7 +15,7 @@ import torch
 from helpers.check import int8 as executor
 from helpers.check.agree import check_file
 from helpers.check.compare import compare
-from helpers.check.contract import BEVFUSION_OPS, check_contract
+from helpers.check.contract import BEVFUSION_OPS, CENTERPOINT_OPS, check_contract
 from helpers.check.rerun import run_graph
 from helpers.config import get_config
 from helpers.data.points import read_points
@@ -24,6 +25,7 @@ from helpers.export import main
 from helpers.model import build_scn, place
 from helpers.pipeline import export_scn, prepare_scn
 from helpers.quant.cost import int8_cost
+from helpers.quant.precision import quantizers_disabled
 from helpers.quant.reference import reference_run
 from helpers.verify import main as verify
 from tests.conftest import DATA
@@ -140,13 +142,8 @@ def test_int8_rerun_agrees_with_fake_quant_on_gpu():
         assert gpu["cosine"] >= 0.9999 and cpu["cosine"] >= 0.9999 and verdict.code == 0
 
 
-
 def test_centerpoint_export_on_gpu(tmp_path, capsys):
-    """CenterPoint through the same pipeline on CUDA: 39 nodes, contract, fp16 re-run, agreement with the CPU."""
-    import copy
-
-    from helpers.check.contract import CENTERPOINT_OPS
-    from helpers.quant.precision import quantizers_disabled
+    """CenterPoint through the same pipeline on CUDA: 39 nodes, contract, float and int8 re-runs, agreement with the CPU."""
     cfg = get_config("centerpoint-0075")
     for name, points in scans():
         voxels, coords = voxelize(torch.from_numpy(points).to(CUDA), cfg)
@@ -164,10 +161,13 @@ def test_centerpoint_export_on_gpu(tmp_path, capsys):
         with torch.no_grad(), quantizers_disabled(cpu_model):
             cpu = cpu_model(voxels.half().float().cpu(), coords.cpu())
         vs_cpu = compare(cpu, result.output.float().cpu())
+        verdict = check_file(path, reference_run(model, voxels, coords), op_counts=CENTERPOINT_OPS, device=CUDA)
         with capsys.disabled():  # the figures, shown with pytest -s
             print(f"\nCenterPoint {name} ({len(voxels)} voxels): int8 fake-quant vs float cosine {cost['cosine']:.5f}; "
-                  f"fp16 trace re-run cosine {diff['cosine']:.6f}; GPU fp16 vs CPU fp32 cosine {vs_cpu['cosine']:.6f}")
+                  f"fp16 trace re-run cosine {diff['cosine']:.6f}; GPU fp16 vs CPU fp32 cosine {vs_cpu['cosine']:.6f}\n"
+                  + "\n".join(verdict.lines))
         assert cost["cosine"] > 0.99 and diff["cosine"] >= 0.9999 and vs_cpu["cosine"] > 0.999
+        assert verdict.code == 0  # float and int8-faithful re-runs of the file agree with PyTorch on the GPU
     args = ["--network", "centerpoint", "--device", "cuda", "--scene", "full", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "cli.onnx")]) == 0
     printed = capsys.readouterr().out
