@@ -276,3 +276,32 @@ def test_all_zero_scan_names_the_file(tmp_path, capsys):
 def test_every_error_is_a_workbook_error():
     with pytest.raises(WorkbookError):
         read_points("/nonexistent.bin")
+
+
+# ----------------------------------------------------------------------------- memory
+MEMORY_CHILD = """
+import resource, sys
+limit = 4 * 2**30  # address space: a runaway histogram fails here instead of swamping the machine
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from helpers.export import main
+code = main(sys.argv[1:])
+print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+sys.exit(code)
+"""
+
+
+@pytest.mark.xfail(reason="issue 16: the histogram bins are not capped yet (engineer calib); without the cap the "
+                   "residual add's histogram grows past the 4 GB address-space limit", strict=False)
+def test_a_two_point_scan_calibrates_in_bounded_memory(tmp_path):
+    """Int8 calibration of a 2-point scan once grew a residual add's histogram to 17 GB (issue 16's bin cap)."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    two = tmp_path / "two.npy"
+    np.save(two, np.array([[1.0, 2.0, 0.5, 10, 0], [1.2, 2.1, 0.4, 30, 0]], np.float32))
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, "--points", str(two), "--calibrate", "1", "--quiet",
+                           "--device", "cpu", "--out", str(tmp_path / "two.onnx")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = float(done.stdout.split("PEAK_MB")[1])
+    assert peak_mb < 1500, f"peak resident memory {peak_mb:.0f} MB"

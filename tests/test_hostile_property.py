@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from helpers.config import get_config
@@ -142,7 +142,8 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 @settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", 12)), derandomize=True, deadline=None,
-          database=None, suppress_health_check=list(HealthCheck))
+          database=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.generate])  # no shrinking: a failure is reported as found, quickly
 @given(data=st.data())
 def test_the_cli_contract_holds(tmp_path_factory, capsys, real_points, good_state, hostile, data):
     points = data.draw(points_files(hostile == "points"), "points")
