@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List
 
 import torch
+from absl import logging as absl_logging
 from tqdm.auto import tqdm
 
 from helpers import files
@@ -167,6 +168,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """The command line as a function: 0 (ok), 1 (written, a check failed), 2 (bad input), 3 (a bug)."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # pytorch-quantization warns on each quantizer switch
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         return run(args)
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print("error: internal error (a bug in the workbook); please report the traceback above", file=sys.stderr)
         return 3
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 if __name__ == "__main__":
