@@ -44,8 +44,9 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         raise WorkbookError(f"{path}: expected a state dict of tensors, found {type(ckpt).__name__}")
     not_names = [k for k in ckpt if not isinstance(k, str)]
     if not_names:
-        raise WorkbookError(f"{path}: {len(not_names)} keys are not parameter names (e.g. {type(not_names[0]).__name__} "
-                            f"{not_names[0]!r}); expected a state dict keyed by name; save model.state_dict()")
+        first = not_names[0]
+        raise WorkbookError(f"{path}: {len(not_names)} keys are not parameter names (e.g. {type(first).__name__} "
+                            f"{first!r}); expected a state dict keyed by name; save model.state_dict()")
     return ckpt
 
 

@@ -51,7 +51,8 @@ def read_points(path, columns=None) -> np.ndarray:
             size = path.stat().st_size
             if size % row_bytes != 0:
                 raise WorkbookError(f"{path}: {size} bytes is not a multiple of the {row_bytes}-byte row of "
-                                    f"{n_columns} float32 columns; for a KITTI scan (x, y, z, reflectance) pass columns=4")
+                                    f"{n_columns} float32 columns; for a KITTI scan (x, y, z, reflectance) "
+                                    "pass columns=4")
             points = np.fromfile(path, dtype=np.float32).reshape(-1, n_columns)  # [N, 4 or 5]
         elif path.suffix == ".npy":
             points = read_npy(path)

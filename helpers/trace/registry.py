@@ -22,8 +22,9 @@ IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: int, str, torch._C.TensorBa
 def check_patchable(owner, name: str):
     """Raise a WorkbookError unless `owner.name` is a method that tracing() can replace and put back."""
     if not isinstance(owner, type):
-        raise WorkbookError(f"register({owner!r}, {name!r}): expected a class, got an instance of "
-                            f"{type(owner).__name__}; register the class, e.g. register({type(owner).__name__}, {name!r})")
+        kind = type(owner).__name__
+        raise WorkbookError(f"register({owner!r}, {name!r}): expected a class, got an instance of {kind}; "
+                            f"register the class, e.g. register({kind}, {name!r})")
     if not hasattr(owner, name):
         raise WorkbookError(f"{owner.__name__}.{name} does not exist; expected a method of {owner.__name__}; "
                             "check the spelling")
