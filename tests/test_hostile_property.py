@@ -134,6 +134,9 @@ GOOD_OUTS, BAD_OUTS = ["new", "nested", "existing"], ["folder", "checkpoint", "p
 GOOD_TENSORS, BAD_TENSORS = ["none", "new"], ["a-file", "inputs-folder", "same-as-out"]
 
 
+TENSOR_FILES = ("voxels.npy", "coors.npy", "output.npy", "output_int8.npy", "node_stats.npz")  # --save-tensors
+
+
 def snapshot(folder: Path) -> dict:
     """Every path under the folder with its bytes' hash and mode."""
     return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
@@ -208,9 +211,10 @@ def check_one_example(tmp_path_factory, capsys, hostile, data):
         assert after == before, f"something was written: {set(after) - set(before)}"
         TALLY[kind, "exit 2: " + reason(lines[0])] += 1
     else:
-        assert "contract check: passed" in captured.out and "agrees with PyTorch" in captured.out
+        assert "contract check: passed" in captured.out and "(agrees)" in captured.out
+        assert "DISAGREES" not in captured.out
         expected = {str(out_path.relative_to(folder))} | ({f"{tensor_path.name}/{n}" for n in
-                                                           ("voxels.npy", "coors.npy", "output.npy")} |
+                                                           TENSOR_FILES} |
                                                           {tensor_path.name} if tensor_path else set())
         assert set(after) - set(before) <= expected | {str(p.relative_to(folder)) for p in out_path.parents
                                                        if folder in p.parents}
