@@ -13,7 +13,6 @@ stored in the checkpoint's own order (cfg.checkpoint_layout: xyz for BEVFusion, 
 and reversed when the model runs in the other one.
 Checkpoints are pickles from the internet: they are read with weights_only=True.
 """
-import pickle
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -33,15 +32,41 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         raise WorkbookError(f"{path}: checkpoint file not found; pass an existing .pth file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except OSError as err:
+        raise WorkbookError(f"{path}: cannot be read ({err.strerror}); expected a readable .pth file") from None
+    except Exception as err:  # truncated zip, a pickle that is not plain tensors, ...: never executed, only refused
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WorkbookError(f"{path}: not a checkpoint torch can load safely (weights_only=True): {first}")
+        raise WorkbookError(f"{path}: not a checkpoint torch can load safely (weights_only=True): {first}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(wrapper), dict):
             ckpt = ckpt[wrapper]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise WorkbookError(f"{path}: expected a state dict of tensors, found {type(ckpt).__name__}")
+    not_names = [k for k in ckpt if not isinstance(k, str)]
+    if not_names:
+        first = not_names[0]
+        raise WorkbookError(f"{path}: {len(not_names)} keys are not parameter names (e.g. {type(first).__name__} "
+                            f"{first!r}); expected a state dict keyed by name; save model.state_dict()")
     return ckpt
+
+
+def check_weights(state: Dict[str, torch.Tensor], source="the model"):
+    """Every tensor dense, real (not meta), floating where the model is, and finite; else name the first bad one."""
+    for name, value in state.items():
+        problem = None
+        if value.layout != torch.strided:
+            problem = f"is a {value.layout} tensor; expected a dense one; save it with .to_dense()"
+        elif value.is_meta:
+            problem = "is a meta tensor (a shape without values); save real weights"
+        elif name.endswith("num_batches_tracked"):
+            continue  # an integer counter
+        elif not value.is_floating_point():
+            problem = f"has dtype {value.dtype}; expected floating-point weights"
+        elif not bool(torch.isfinite(value).all()):
+            problem = (f"holds {int((~torch.isfinite(value)).sum())} NaN or Inf values; expected finite weights; "
+                       "is the checkpoint from a diverged training run?")
+        if problem:
+            raise WorkbookError(f"{source}: {name} {problem}")
 
 
 def backbone_state(state: Dict[str, torch.Tensor], path="checkpoint",
@@ -80,6 +105,7 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
     if missing or unexpected:
         raise WorkbookError(f"{path}: keys do not match the SCN: missing {missing[:5]} ({len(missing)} in all), "
                             f"unexpected {unexpected[:5]} ({len(unexpected)} in all); check the grid config")
+    check_weights(state, path)  # before anything is copied into the model
     converted = {k: to_model_layout(k, v, expected[k].shape, model.cfg.layout, path, model.cfg.checkpoint_layout)
                  for k, v in state.items()}
     model.load_state_dict(converted, strict=False)

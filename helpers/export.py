@@ -5,19 +5,25 @@ the command line.
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
     python -m helpers.export --network centerpoint --checkpoint epoch_20.pth --out build/centerpoint.onnx
 
-Steps: build (and load) the SCN -> prepare and export it (helpers.pipeline) -> check the file as
-python -m helpers.verify does: the contract, and re-runs from the file alone, in float and in int8.
+Steps: check every option and path (a bad one: one line, exit 2, nothing written) -> build (and load)
+the SCN -> prepare and export it (helpers.pipeline) -> write the graph (and the tensors) atomically ->
+check the file as python -m helpers.verify does: the contract, and re-runs from the file alone, in float
+and in int8.
 """
 import argparse
 import sys
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import List
 
 import torch
+from absl import logging as absl_logging
+from tqdm.auto import tqdm
 
-from helpers.check.agree import check_file, save_reference
+from helpers import files
+from helpers.check.agree import check_file, tensor_files
 from helpers.check.contract import OP_COUNTS
 from helpers.checkpoint import load_checkpoint
 from helpers.config import NETWORKS, PRESETS, SCNConfig, get_config
@@ -39,7 +45,7 @@ def load_batches(args, cfg: SCNConfig, device) -> List:
     else:  # synthetic scenes, one per seed
         sources = [f"scene:{args.scene}:{seed}" for seed in range(args.calibrate)]
     batches = []
-    for source in sources:
+    for source in tqdm(sources, desc="reading scans", disable=args.quiet or len(sources) < 4):
         if source.startswith("scene:"):
             _, name, seed = source.split(":")
             points = make_scene(name, seed=int(seed))
@@ -63,8 +69,20 @@ def summary(result: ExportResult) -> str:
             f"output {list(result.output.shape)}")
 
 
+MAX_CALIBRATE = 64  # calibration scans; each is read, voxelized and kept in memory, and amax settles long before
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are WorkbookErrors: one line, exit 2, like every other bad input."""
+
+    def error(self, message):
+        raise WorkbookError(f"{message}; see python -m helpers.export --help")
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m helpers.export", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m helpers.export", description=__doc__.split("\n\n")[0],
+               epilog="Exit codes: 0 written and checked; 1 written but a check failed; 2 bad input, nothing "
+                      "written (one line on stderr says what and how to fix it); 3 an internal error.")
     p.add_argument("--points", help="lidar scan (.bin float32 rows, or .npy); default: the built-in synthetic scene")
     p.add_argument("--columns", type=int, choices=(4, 5), help="values per point in a .bin: 5 nuScenes (default), "
                    "4 KITTI")
@@ -73,9 +91,12 @@ def parse_args(argv):
     p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint checkpoint (.pth); default: random weights")
     p.add_argument("--grid", choices=sorted(PRESETS), help="voxel grid preset (default: the network's own)")
     p.add_argument("--precision", default="int8", choices=("int8", "fp16"), help="layer precision in the graph")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), help="what the trace computes in: default fp16 on CUDA, "
+                   "fp32 on the CPU (spconv runs both on either)")
     p.add_argument("--layout", choices=("xyz", "zyx"), help="voxel coordinate order (default: the network's own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
-    p.add_argument("--calibrate", type=int, default=4, metavar="N", help="scans for int8 calibration (default 4)")
+    p.add_argument("--calibrate", type=int, default=4, metavar="N",
+                   help=f"scans for int8 calibration, 1..{MAX_CALIBRATE} (default 4)")
     p.add_argument("--calib-points", nargs="*", default=[], metavar="FILE", help="scans to calibrate on")
     p.add_argument("--save-tensors", metavar="DIR", help="write voxels.npy, coors.npy, output.npy, output_int8.npy "
                    "(fake-quant) and node_stats.npz, for python -m helpers.verify FILE --tensors DIR")
@@ -86,15 +107,36 @@ def parse_args(argv):
     if PRESETS[args.grid].network != args.network:
         p.error(f"--grid {args.grid} is a {PRESETS[args.grid].network} grid; with --network {args.network} use "
                 f"{[name for name, cfg in PRESETS.items() if cfg.network == args.network]}")
-    if args.calibrate < 1:
-        p.error("--calibrate needs at least 1 scan")
-    if not str(args.out).endswith(".onnx"):
-        p.error(f"--out {args.out}: expected a file name ending in .onnx")
     return args
 
 
+def check_args(args):
+    """Every option and path, before any work: a bad one is a WorkbookError, and nothing is written."""
+    if not 1 <= args.calibrate <= MAX_CALIBRATE:
+        raise WorkbookError(f"--calibrate {args.calibrate}: expected 1..{MAX_CALIBRATE} scans; amax settles after a "
+                            "few scans; use e.g. --calibrate 8")
+    if not str(args.out).endswith(".onnx"):
+        raise WorkbookError(f"--out {args.out}: expected a file name ending in .onnx; e.g. --out build/scn.onnx")
+    scans = [args.points] + args.calib_points if args.points else args.calib_points
+    if args.columns and not any(str(s).endswith(".bin") for s in scans):
+        raise WorkbookError(f"--columns {args.columns}: applies to .bin scans only and none was given; drop it, or "
+                            "pass the .bin with --points")
+    inputs = {"--points": args.points, "--checkpoint": args.checkpoint, "--calib-points": args.calib_points}
+    for option, value in inputs.items():
+        for path in files.as_paths(value):
+            files.check_input(path, option)
+    files.check_output_file(args.out, "--out", inputs)
+    if args.save_tensors:
+        if files.same_file(Path(args.save_tensors), Path(args.out)):
+            raise WorkbookError(f"--save-tensors {args.save_tensors}: is the --out file; expected a folder of its "
+                                "own; e.g. --save-tensors build/tensors")
+        files.check_output_folder(args.save_tensors, "--save-tensors", inputs)
+
+
 def run(args) -> int:
+    check_args(args)
     device = pick_device(args.device)
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     cfg = get_config(args.grid, args.layout)
     t0 = time.perf_counter()
     model = build_scn(cfg)
@@ -103,31 +145,45 @@ def run(args) -> int:
     place(model, device)
     batches = load_batches(args, cfg, device)
     voxels, coords = batches[0]
-    print(f"SCN {cfg.name} ({cfg.layout}) on {device}: {voxels.shape[0]} voxels, grid {cfg.sparse_shape}")
+    print(f"SCN {cfg.name} ({cfg.layout}) on {device} in {str(dtype).replace('torch.', '')}: "
+          f"{voxels.shape[0]} voxels, grid {cfg.sparse_shape}")
     int8 = args.precision == "int8"
-    prepared = prepare_scn(model, batches, int8=int8, progress=not args.quiet)
-    result = export_scn(prepared, voxels, coords, Path(args.out), int8=int8,
-                        on_node=None if args.quiet else print_node)
-    print(f"wrote {args.out}: {summary(result)} in {time.perf_counter() - t0:.1f} s")
+    try:
+        prepared = prepare_scn(model, batches, int8=int8, progress=not args.quiet)
+    except WorkbookError as err:  # say which scans the layers were calibrated on
+        used = [args.points or f"scene {args.scene}"] + args.calib_points[:args.calibrate]
+        scans = ", ".join(map(str, used))
+        raise WorkbookError(f"{err} (calibration scans: {scans}: do they hold real points?)") from None
+    result = export_scn(prepared, voxels, coords, int8=int8, on_node=None if args.quiet else print_node, dtype=dtype)
     reference = reference_run(prepared, voxels, coords)  # float and fake-quant PyTorch, node by node
-    if args.save_tensors:
-        save_reference(args.save_tensors, reference)  # + output_int8.npy and node_stats.npz
+    outputs = {args.out: result.model.SerializeToString(deterministic=True)}
+    if args.save_tensors:  # + output_int8.npy and node_stats.npz; written with the graph, all or nothing
+        outputs.update({Path(args.save_tensors) / name: data for name, data in tensor_files(reference).items()})
+    files.write_all_atomic(outputs)
+    print(f"wrote {args.out}: {summary(result)} in {time.perf_counter() - t0:.1f} s")
     verdict = check_file(args.out, reference, op_counts=OP_COUNTS[cfg.network], device=device)  # = helpers.verify
     print("\n".join(verdict.lines))
     return verdict.code
 
 
 def main(argv=None) -> int:
-    """The command line as a function: returns 0 (ok), 1 (a check failed) or 2 (bad input)."""
+    """The command line as a function: 0 (ok), 1 (written, a check failed), 2 (bad input), 3 (a bug)."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # pytorch-quantization warns on each quantizer switch
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as stop:  # --help, or argparse's own usage error (code 2)
-        return int(stop.code or 0)
-    try:
         return run(args)
-    except WorkbookError as err:
+    except SystemExit as stop:  # --help
+        return int(stop.code or 0)
+    except WorkbookError as err:  # every bad input, caught here once
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception:  # not the user's fault: keep the traceback, and do not look like a failed check
+        traceback.print_exc()
+        print("error: internal error (a bug in the workbook); please report the traceback above", file=sys.stderr)
+        return 3
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 if __name__ == "__main__":

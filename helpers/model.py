@@ -5,7 +5,7 @@
 
 Module names follow the checkpoints (`conv_input.0`, `encoder_layers.encoder_layer1.0.conv1`,
 `conv_out.0`, ...), so a BEVFusion state dict loads by name (see helpers.checkpoint).
-The same code runs on CPU and CUDA, in fp32 or fp16 (fp16 needs CUDA).
+The same code runs on CPU and CUDA, in fp32 or fp16 (spconv 2.3.8's Native algorithm does fp16 on the CPU).
 """
 from typing import Sequence
 
@@ -136,10 +136,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def place(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Move the model and pick spconv's algorithm: CPU runs only the Native one."""
+    """Move the model and pick spconv's algorithm: the CPU runs only the Native one (in fp32 or fp16)."""
     device = torch.device(device)
-    if dtype == torch.float16 and device.type != "cuda":
-        raise WorkbookError("fp16 sparse convolution needs a CUDA GPU; use fp32 (--precision fp32) on the CPU")
     algo = ConvAlgo.Native if device.type == "cpu" else ConvAlgo.MaskImplicitGemm
     for m in model.modules():
         if isinstance(m, spconv.conv.SparseConvolution):

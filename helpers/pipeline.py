@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import onnx
 import torch
 
+from helpers.checkpoint import check_weights
 from helpers.errors import WorkbookError
 from helpers.files import save_atomic
 from helpers.model import place
@@ -44,10 +45,12 @@ def round_to_fp16(model: torch.nn.Module):
 
 def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
     """A quantized, BN-folded, ReLU-fused copy of `model`, calibrated on `batches` when int8."""
-    model = copy.deepcopy(model)  # the caller's model is left as it was: re-running gives the same result
     voxels, coords = batches[0] if batches else (None, None)
     if voxels is None:
         raise WorkbookError("prepare_scn needs at least one (voxels, coords) batch")
+    check_weights(model.state_dict())  # NaN weights would break calibration deep inside torch
+    model = place(copy.deepcopy(model), voxels.device)  # a copy (re-running gives the same result), on the
+    # voxels' device with spconv's algorithm for it: an unplaced model on a CPU would ask for CUDA
     quantize_scn(model)  # quantized convs and adds
     fuse(model, voxels, coords)  # BN folded, ReLU fused
     set_precision(model, int8=int8)

@@ -97,4 +97,4 @@ def test_module_entry_point_and_exit_code():
     done = subprocess.run([sys.executable, "-m", "helpers.export", "--points", "nowhere.bin"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: nowhere.bin")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --points nowhere.bin")

@@ -3,6 +3,8 @@
     Registry  - `@registry.register(Class, "method")` binds a handler to a method; nothing is patched yet.
     tracing() - patches every registered method for the duration of a `with` block and puts every
                 original back on exit, in reverse order, also when the traced code raises.
+Like torch.fx's _Patcher: an entry is checked when registered; the undo record of a patch is written
+only after the original was read and the patch set; every revert runs even if one of them fails.
 A handler has the signature `handler(tracer, output, self, *args, **kwargs)`: it is called after the
 original method ran and writes one node (or none) describing what happened.
 """
@@ -12,6 +14,26 @@ from typing import Callable, List
 
 from helpers.errors import WorkbookError
 from helpers.trace.tracer import Tracer
+
+
+IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: int, str, torch._C.TensorBase ... refuse setattr
+
+
+def check_patchable(owner, name: str):
+    """Raise a WorkbookError unless `owner.name` is a method that tracing() can replace and put back."""
+    if not isinstance(owner, type):
+        kind = type(owner).__name__
+        raise WorkbookError(f"register({owner!r}, {name!r}): expected a class, got an instance of {kind}; "
+                            f"register the class, e.g. register({kind}, {name!r})")
+    if not hasattr(owner, name):
+        raise WorkbookError(f"{owner.__name__}.{name} does not exist; expected a method of {owner.__name__}; "
+                            "check the spelling")
+    if not callable(getattr(owner, name)):
+        raise WorkbookError(f"{owner.__name__}.{name} is not a method (a {type(getattr(owner, name)).__name__}); "
+                            "register a method")
+    if owner.__flags__ & IMMUTABLE_TYPE:
+        raise WorkbookError(f"{owner.__name__}.{name} cannot be patched: {owner.__name__} is a built-in type whose "
+                            "attributes cannot be set; register a Python class (e.g. torch.Tensor, not TensorBase)")
 
 
 @dataclass
@@ -29,7 +51,12 @@ class Registry:
         self.patches: List[Patch] = []
 
     def register(self, owner: type, name: str):
-        """`@registry.register(nn.ReLU, "forward")` records the handler and returns it unchanged."""
+        """`@registry.register(nn.ReLU, "forward")` records the handler and returns it unchanged.
+
+        The entry is checked now, not when tracing starts: `owner.name` must be a method of a class
+        whose attributes can be replaced (a typo fails here, before anything is patched)."""
+        check_patchable(owner, name)
+
         def decorator(handler: Callable) -> Callable:
             self.patches.append(Patch(owner, name, handler))
             return handler
@@ -56,22 +83,46 @@ def make_wrapper(tracer: Tracer, original: Callable, handler: Callable) -> Calla
     return traced
 
 
-@contextmanager
-def tracing(tracer: Tracer, registry: Registry):
-    """Patch every registered method for the `with` block; restore the exact originals afterwards."""
-    undo = []  # (owner, name, what owner.__dict__ held or None), in the order applied
-    try:
-        for patch in registry.patches:
-            own = patch.owner.__dict__.get(patch.name)  # None when the method is inherited
-            if hasattr(own, "patched_by"):  # a trace inside a trace would record every op twice
-                raise WorkbookError(f"{patch.owner.__name__}.{patch.name} is already patched by a trace in progress; "
-                                    "finish that `with tracing(...)` block before starting another")
-            undo.append((patch.owner, patch.name, own))
-            setattr(patch.owner, patch.name, make_wrapper(tracer, getattr(patch.owner, patch.name), patch.handler))
-        yield tracer
-    finally:
-        for owner, name, own in reversed(undo):
-            if own is None:
+MISSING = object()  # "owner.__dict__ had no such entry": the method was inherited
+
+
+def revert(undo: list) -> list:
+    """Put back every recorded original, last patch first; one that fails does not stop the rest."""
+    errors = []
+    for owner, name, own in reversed(undo):
+        try:
+            if own is MISSING:
                 delattr(owner, name)  # the inherited method shows through again
             else:
                 setattr(owner, name, own)
+        except Exception as error:
+            errors.append(error)
+    return errors
+
+
+@contextmanager
+def tracing(tracer: Tracer, registry: Registry):
+    """Patch every registered method for the `with` block; restore the exact originals afterwards."""
+    undo = []  # (owner, name, what owner.__dict__ held or MISSING), in the order applied
+    try:
+        for patch in registry.patches:
+            try:
+                original = getattr(patch.owner, patch.name)  # read first: if this fails, nothing was changed
+            except AttributeError:
+                raise WorkbookError(f"{patch.owner.__name__}.{patch.name} does not exist; expected a method; "
+                                    "register only existing methods") from None
+            own = patch.owner.__dict__.get(patch.name, MISSING)
+            if hasattr(own, "patched_by"):  # a trace inside a trace would record every op twice
+                raise WorkbookError(f"{patch.owner.__name__}.{patch.name} is already patched by a trace in progress; "
+                                    "finish that `with tracing(...)` block before starting another")
+            setattr(patch.owner, patch.name, make_wrapper(tracer, original, patch.handler))
+            undo.append((patch.owner, patch.name, own))  # recorded once the patch is in place
+        yield tracer
+    except BaseException as error:  # the traced code (or a patch) failed: restore all, then let it through
+        for failure in revert(undo):
+            error.add_note(f"also, an original could not be restored: {failure!r}")
+        raise
+    else:
+        failures = revert(undo)
+        if failures:
+            raise failures[0]
