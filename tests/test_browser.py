@@ -75,6 +75,9 @@ def workbook_copy():
         for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):  # the notebooks only, no stray files
             shutil.copy(notebook, folder / "notebooks" / notebook.name)
         (folder / "build").mkdir()
+        # 01 and 02 take the first folder above them that holds helpers/ as the repository (03 the folder above
+        # notebooks/): with this link that is TMP for all three, so what they write goes to TMP/build
+        (folder / "helpers").symlink_to(ROOT / "helpers", target_is_directory=True)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
