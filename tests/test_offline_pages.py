@@ -57,6 +57,31 @@ def test_the_pages_point_at_the_vendor_folder_only():
     assert all(v.startswith("vendor/") for k, v in settings.items() if k.endswith("_url")), settings
 
 
+def test_a_notebook_without_slide_metadata_gets_a_slide_per_heading():
+    slides = load_tool("build_slides")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title\ntext"),
+                                         nbformat.v4.new_code_cell("1"),
+                                         nbformat.v4.new_markdown_cell("## 1. A section"),
+                                         nbformat.v4.new_markdown_cell("### A sub-section"),
+                                         nbformat.v4.new_markdown_cell("plain text")])
+    assert slides.default_slides(nb) == 3
+    assert [c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells] == \
+        ["slide", None, "slide", "subslide", None]
+    assert slides.default_slides(nb) == 0  # metadata present: left as the notebook's owner set it
+    nb.cells.append(nbformat.v4.new_markdown_cell("```mermaid\ngraph TD; A-->B\n```"))
+    with pytest.raises(SystemExit, match="mermaid"):
+        slides.check_offline(nb, Path("x.ipynb"))
+
+
+def test_a_tarball_with_the_wrong_checksum_is_deleted_and_refused(tmp_path):
+    web = load_tool("web_assets")
+    package = web.PACKAGES[1]  # requirejs: any pinned package
+    (tmp_path / package.tarball).write_bytes(b"not the pinned tarball")
+    with pytest.raises(web.WebAssetsError, match="is not the pinned"):
+        web.fetch([package], cache=tmp_path, quiet=True)
+    assert not (tmp_path / package.tarball).exists()
+
+
 @pytest.fixture(scope="module")
 def built():
     """TMP with 01 and 03 executed (HTML) and made into slides; removed afterwards.
