@@ -16,6 +16,7 @@ import sys
 from helpers.check.agree import check_file, load_reference
 from helpers.check.contract import OP_COUNTS
 from helpers.check.int8 import load
+from helpers.check.runtime import check_coords
 from helpers.errors import WorkbookError
 from helpers.model import pick_device
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         model = load(args.file)
         reference = load_reference(args.tensors) if args.tensors else None
+        if reference is not None and any(n.op_type == "SparseConvolution" for n in model.graph.node):
+            check_coords(reference.coords, model)  # e.g. xyz rows for a zyx graph: bad input, said as such
         verdict = check_file(model, reference, op_counts=expected_counts(model, args.network), device=device)
     except WorkbookError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -74,3 +74,21 @@ def test_output_bound_with_counts_of_another_scan():
     assert output_bound_problems(graph, active={"conv1": 1200}) == [
         "conv1: 1200 active output voxels but output_bound=1000; export with output_bound >= 1200 "
         "(with room for the densest scan you expect)"]
+
+
+def test_verify_cli_says_when_the_saved_coords_do_not_fit_the_graph(tmp_path, capsys):
+    import numpy as np
+
+    from helpers import verify
+    graph = tmp_path / "scn.zyx.onnx"
+    onnx.save(tiny_graph([41, 1440, 1440], "zyx"), str(graph))
+    tensors = tmp_path / "tensors"
+    tensors.mkdir()
+    coords = coords_xyz().numpy()  # written in xyz order
+    np.save(tensors / "voxels.npy", np.zeros((len(coords), 5), np.float16))
+    np.save(tensors / "coors.npy", coords)
+    np.save(tensors / "output.npy", np.zeros((1, 4), np.float32))
+    np.save(tensors / "output_int8.npy", np.zeros((1, 4), np.float32))
+    assert verify.main([str(graph), "--tensors", str(tensors)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "look like xyz" in err and "coords[:, [0, 3, 2, 1]]" in err
