@@ -20,7 +20,6 @@ from typing import List
 
 import torch
 from absl import logging as absl_logging
-from tqdm.auto import tqdm
 
 from helpers import files
 from helpers.check.agree import check_file, tensor_files
@@ -45,7 +44,10 @@ def load_batches(args, cfg: SCNConfig, device) -> List:
     else:  # synthetic scenes, one per seed
         sources = [f"scene:{args.scene}:{seed}" for seed in range(args.calibrate)]
     batches = []
-    for source in tqdm(sources, desc="reading scans", disable=args.quiet or len(sources) < 4):
+    if not args.quiet and len(sources) >= 4:  # many scans take a while: show progress (a terminal bar)
+        from tqdm import tqdm
+        sources = tqdm(sources, desc="reading scans")
+    for source in sources:
         if source.startswith("scene:"):
             _, name, seed = source.split(":")
             points = make_scene(name, seed=int(seed))
