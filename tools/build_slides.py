@@ -75,7 +75,7 @@ def executed_copy(path: Path, build: Path, profile: str) -> Path:
 
 
 def build_slides(path: Path, build: Path, out: Path, profile: str) -> Path:
-    nb = nbformat.read(executed_copy(path, build, profile), as_version=4)
+    nb = execute_notebooks.without_live_views(nbformat.read(executed_copy(path, build, profile), as_version=4))
     check_offline(nb, path)
     if default_slides(nb):
         print(f"note: {path.name} has no slide metadata: its headings start the slides")

@@ -8,7 +8,9 @@ The kernel ("python3", i.e. this Python) starts in notebooks/, as in JupyterLab,
 set to the profile and the repository root on PYTHONPATH. The committed notebooks have no outputs; the executed copies go to --out.
 """
 import argparse
+import copy
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,8 +62,25 @@ def write_outputs(nb: nbformat.NotebookNode, stem: Path):
     except ImportError:  # a bare GPU machine may lack nbconvert: the .ipynb is still written
         print(f"note: nbconvert is not installed, so {stem}.html was not written")
         return
-    body, _ = HTMLExporter(**offline_settings(stem.parent)).from_notebook_node(nb)
+    body, _ = HTMLExporter(**offline_settings(stem.parent)).from_notebook_node(without_live_views(nb))
     Path(str(stem) + ".html").write_text(body, encoding="utf-8")
+
+
+LIVE_VIEW = re.compile(r'<iframe[^>]*src="(?:http://127\.0\.0\.1:\d+/|[^"]*/proxy/\d+/)"[^>]*>\s*</iframe>')
+LIVE_VIEW_NOTE = ('<div class="scn-live-view-note" style="border:1px dashed #999;padding:8px;color:#555">'
+                  'Netron\'s live view was here: it needs the running kernel. Open the notebook in JupyterLab to '
+                  'explore the graph; the static picture of the same graph is in this page.</div>')
+
+
+def without_live_views(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of `nb` whose Netron iframes (a server of the kernel, gone once it stopped) say so instead."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            html = output.get("data", {}).get("text/html")
+            if isinstance(html, str) and LIVE_VIEW.search(html):
+                output["data"]["text/html"] = LIVE_VIEW.sub(LIVE_VIEW_NOTE, html)
+    return nb
 
 
 def offline_settings(folder: Path) -> dict:
