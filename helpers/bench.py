@@ -18,7 +18,6 @@ import pstats
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from helpers.data.points import read_points
 from helpers.data.scene import SCENES, make_scene
 from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
+from helpers.files import temporary_folder
 from helpers.model import build_scn, pick_device, place
 from helpers.pipeline import export_scn, prepare_scn, trace_scn
 from helpers.quant.calibrate import calibrate
@@ -111,8 +111,6 @@ def calibration_sweep(cfg, device, batch, counts, repeat: int) -> dict:
 def measure(args) -> dict:
     device = pick_device(args.device)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    if dtype == torch.float16 and device.type != "cuda":
-        raise WorkbookError("--dtype fp16 needs a CUDA GPU; use --dtype fp32 on the CPU")
     cfg = get_config()
     points = read_points(args.points) if args.points else make_scene(args.scene)
     voxels, coords = voxelize(torch.from_numpy(points).to(device), cfg)
@@ -126,7 +124,7 @@ def measure(args) -> dict:
         with quantizers_disabled(model), torch.no_grad():
             model(x, coords)
 
-    with tempfile.TemporaryDirectory() as folder:
+    with temporary_folder(prefix="scn-bench-") as folder:  # removed on exit and on SIGTERM too
         out = Path(folder) / "scn.onnx"
         if args.profile:  # where do the trace and the export spend their time? (not part of the figures)
             print("traced forward:\n" + profile(lambda: trace_scn(model, x, coords), args.repeat), file=sys.stderr)
@@ -256,7 +254,7 @@ def startup(args) -> dict:
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     bare, cli, phases = [], [], []
-    with tempfile.TemporaryDirectory() as folder:
+    with temporary_folder(prefix="scn-bench-") as folder:  # removed on exit and on SIGTERM too
         report = Path(folder) / "phases.json"
         command = [*args.startup_args, "--out", str(Path(folder) / "scn.onnx"), "--device", args.device]
         for _ in range(args.startup_repeat):

@@ -308,3 +308,20 @@ def test_a_two_point_scan_calibrates_in_bounded_memory(tmp_path):
     peak_mb = float(done.stdout.split("PEAK_MB")[1])
     print(f"2-point scan, int8, default grid: peak resident memory {peak_mb:.0f} MB")
     assert peak_mb < 1500, f"peak resident memory {peak_mb:.0f} MB"
+
+
+def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(tmp_path, capsys, scan):
+    saved = os.umask(0o027)
+    try:
+        assert main(FP16 + ["--points", str(scan), "--out", str(tmp_path / "new.onnx"),
+                            "--save-tensors", str(tmp_path / "t")]) == 0
+        old = tmp_path / "old.onnx"
+        old.write_bytes(b"old")
+        old.chmod(0o644)
+        assert main(FP16 + ["--points", str(scan), "--out", str(old)]) == 0
+    finally:
+        os.umask(saved)
+    assert (tmp_path / "new.onnx").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    assert (tmp_path / "t" / "output.npy").stat().st_mode & 0o777 == 0o640
+    assert old.stat().st_mode & 0o777 == 0o644 and old.read_bytes() != b"old"
+    assert not list(tmp_path.rglob("*.tmp"))
