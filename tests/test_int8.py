@@ -164,3 +164,31 @@ def test_first_difference_names_the_first_node_that_parts():
     assert executor.first_difference(same, same, ["a", "b", "c"], 0.0) is None
     found = executor.first_difference(same, other, ["a", "b", "c"], 1e-6)
     assert found["node"] == "b" and found["channel"] == 2 and found["relative"] == pytest.approx(0.1)
+
+
+# --- the pictures of notebook 03's int8 proof ---
+
+def test_one_shared_scale_crushes_the_raw_voxel_columns():
+    from helpers.viz.int8 import shared_scale_rows
+    g = torch.Generator().manual_seed(0)
+    n = 5000
+    voxels = torch.stack([torch.rand(n, generator=g) * 108 - 54, torch.rand(n, generator=g) * 108 - 54,
+                          torch.rand(n, generator=g) * 8 - 5, torch.randint(0, 256, (n,), generator=g).float(),
+                          torch.randint(0, 10, (n,), generator=g) * 0.05], 1)  # x, y, z, intensity, 10 time-lags
+    rows = {r["column"]: r for r in shared_scale_rows(voxels, 229.0)}  # the amax intensity sets: steps of 1.8
+    assert rows["z (m)"]["distinct after"] <= 6 and rows["z (m)"]["distinct before"] > 1000
+    assert rows["time-lag (s)"]["distinct before"] == 10 and rows["time-lag (s)"]["distinct after"] == 1
+    nonzero = float((voxels[:, 4].half() != 0).float().mean())
+    assert rows["time-lag (s)"]["non-zero turned 0"] == f"{nonzero:.1%}"  # every non-zero time-lag is gone
+    assert rows["intensity"]["distinct after"] > 100  # the column that set the scale keeps most of its values
+
+
+def test_layer_error_chart_labels_the_fp16_layer():
+    from helpers.viz.int8 import layer_error_chart
+    rows = [dict(node="conv0", op="SparseConvolution", precision="fp16", relative_error=0.0, cosine=1.0),
+            dict(node="conv1", op="SparseConvolution", precision="int8", relative_error=0.02, cosine=0.9998),
+            dict(node="add0", op="Add", precision="int8", relative_error=0.03, cosine=0.9995)]
+    fig = layer_error_chart(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv0", "conv1", "add0"]
+    assert [t.get_text() for t in ax.texts] == ["0\n(fp16 input)"]
