@@ -133,8 +133,8 @@ def rerun(model, reference: Reference, mode: str, device: torch.device) -> dict:
                                       NODE_TOLERANCE.get(reference.dtype, 1e-2))
     if first is not None:
         ok = False
-    return dict(ok=ok, node=first["node"] if first else None, detail=first, checked_nodes=bool(reference.stats.get(mode)),
-                **figures)
+    return dict(ok=ok, node=first["node"] if first else None, detail=first,
+                checked_nodes=bool(reference.stats.get(mode)), **figures)
 
 
 def check_file(path, reference: Optional[Reference] = None, op_counts: Optional[dict] = None,
