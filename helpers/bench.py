@@ -88,6 +88,7 @@ def calibration_sweep(cfg, device, batch, counts, repeat: int) -> dict:
     wall = {n: [] for n in counts}
     cpu = {n: [] for n in counts}
     float_model = place(build_scn(cfg), device)
+    calibrate(prepare_scn(float_model, [batch], int8=False, progress=False), [batch], progress=False)  # warm-up
     for _ in range(repeat):
         for n in counts:
             model = prepare_scn(float_model, [batch], int8=False, progress=False)  # quantized, not calibrated
@@ -190,7 +191,7 @@ import torch, spconv.pytorch
 t1 = time.perf_counter()
 import onnx
 t2 = time.perf_counter()
-import pytorch_quantization.nn
+import helpers.quant  # pytorch-quantization, imported the way the workbook imports it
 t3 = time.perf_counter()
 import helpers.export as cli
 t4 = time.perf_counter()
@@ -201,7 +202,7 @@ if torch.cuda.is_initialized():
     torch.cuda.synchronize()
 t5 = time.perf_counter()
 spent.update({"import torch, spconv": t1 - t0, "import onnx": t2 - t1,
-              "import pytorch_quantization (+scipy)": t3 - t2, "import helpers (ours)": t4 - t3,
+              "import pytorch_quantization": t3 - t2, "import helpers (ours)": t4 - t3,
               "in process": t5 - t0, "exit code": code})
 json.dump(spent, open(sys.argv[1], "w"))
 """
@@ -214,10 +215,12 @@ PHASES = [("helpers.export", "load_batches", "scenes + voxelize"),
           ("helpers.pipeline", "calibrate", "calibration"),
           ("helpers.pipeline", "trace_scn", "trace"),
           ("helpers.pipeline", "make_scn_model", "graph build"),
+          ("helpers.export", "reference_run", "reference runs (float + fake int8, node by node)"),
+          ("helpers.files", "write_all_atomic", "write"),
           ("helpers.pipeline", "save_atomic", "write"),
-          ("helpers.export", "check_contract", "checks"),
-          ("helpers.export", "run_graph", "checks"),
-          ("helpers.export", "compare", "checks")]
+          ("helpers.export", "check_file", "checks (contract, float and int8 re-runs of the file)"),
+          ("helpers.export", "check_contract", "checks (contract, float and int8 re-runs of the file)"),
+          ("helpers.export", "run_graph", "checks (contract, float and int8 re-runs of the file)")]
 
 
 def phase_timers() -> dict:
@@ -253,18 +256,25 @@ def startup(args) -> dict:
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    bare, cli, phases = [], [], []
+    bare, cli, phases, bare_cpu, cli_cpu = [], [], [], [], []
+
+    def children_cpu():
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
     with temporary_folder(prefix="scn-bench-") as folder:  # removed on exit and on SIGTERM too
         report = Path(folder) / "phases.json"
         command = [*args.startup_args, "--out", str(Path(folder) / "scn.onnx"), "--device", args.device]
         for _ in range(args.startup_repeat):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), children_cpu()
             subprocess.run([sys.executable, "-c", "import torch, spconv.pytorch"], env=env, check=True)
             bare.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            bare_cpu.append(children_cpu() - start_cpu)
+            start, start_cpu = time.perf_counter(), children_cpu()
             done = subprocess.run([sys.executable, "-c", CHILD, str(report), *command], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             cli.append(time.perf_counter() - start)
+            cli_cpu.append(children_cpu() - start_cpu)
             if done.returncode != 0:
                 raise WorkbookError(f"python -m helpers.export {' '.join(command)} exited {done.returncode}: "
                                     f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
@@ -276,6 +286,7 @@ def startup(args) -> dict:
     wall, bare_wall = statistics.median(cli), statistics.median(bare)
     return dict(startup_command="python -m helpers.export " + " ".join(args.startup_args),
                 startup_cli_s=wall, startup_bare_import_s=bare_wall, startup_own_share_s=wall - bare_wall,
+                startup_cli_cpu_s=statistics.median(cli_cpu), startup_bare_import_cpu_s=statistics.median(bare_cpu),
                 startup_phases_s=breakdown, startup_repeat=args.startup_repeat)
 
 
@@ -283,7 +294,9 @@ def startup_table(f: dict) -> str:
     lines = [f"{f['startup_command']} (median of {f['startup_repeat']} fresh processes)",
              f"  {'command, process start to exit':<44}{f['startup_cli_s']:7.2f} s",
              f"  {'bare: import torch, spconv.pytorch':<44}{f['startup_bare_import_s']:7.2f} s",
-             f"  {'the command line own share':<44}{f['startup_own_share_s']:7.2f} s", "  where it goes:"]
+             f"  {'the command line own share':<44}{f['startup_own_share_s']:7.2f} s",
+             f"  {'CPU time: command / bare import':<44}{f['startup_cli_cpu_s']:7.2f} s / "
+             f"{f['startup_bare_import_cpu_s']:.2f} s", "  where it goes (wall):"]
     lines += [f"    {name:<42}{seconds:7.2f} s" for name, seconds in f["startup_phases_s"].items()
               if name != "in process"]
     return "\n".join(lines)
