@@ -208,10 +208,11 @@ json.dump(spent, open(sys.argv[1], "w"))
 """
 
 # (module, function, phase): the steps of `python -m helpers.export`, timed where they are looked up.
-PHASES = [("helpers.export", "load_batches", "scenes + voxelize"),
+PHASES = [("helpers.export", "run", "rest of the command (arguments, model build, printing)"),
+          ("helpers.export", "prepare_scn", "prepare: copy, quantize, fuse, fp16 weights"),
+          ("helpers.export", "export_scn", "export: dynamic ranges, fp16 model"),
+          ("helpers.export", "load_batches", "scenes + voxelize"),
           ("helpers.export", "build_scn", "build model"),
-          ("helpers.pipeline", "quantize_scn", "quantize + fuse"),
-          ("helpers.pipeline", "fuse", "quantize + fuse"),
           ("helpers.pipeline", "calibrate", "calibration"),
           ("helpers.pipeline", "trace_scn", "trace"),
           ("helpers.pipeline", "make_scn_model", "graph build"),
@@ -224,22 +225,25 @@ PHASES = [("helpers.export", "load_batches", "scenes + voxelize"),
 
 
 def phase_timers() -> dict:
-    """Wrap the CLI's steps (PHASES) with timers that add to the returned dict (CUDA synchronised)."""
+    """Wrap the CLI's steps (PHASES) with timers that add to the returned dict (CUDA synchronised).
+    A step's time excludes the wrapped steps inside it, so nothing is counted twice."""
     import importlib
 
-    spent = {}
+    spent, inner = {}, [0.0]  # inner: time of wrapped steps inside the running one
 
     def timer(fn, phase):
         def timed_step(*args, **kwargs):
             if torch.cuda.is_initialized():
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, outer, inner[0] = time.perf_counter(), inner[0], 0.0
             try:
                 return fn(*args, **kwargs)
             finally:
                 if torch.cuda.is_initialized():
                     torch.cuda.synchronize()
-                spent[phase] = spent.get(phase, 0.0) + time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                spent[phase] = spent.get(phase, 0.0) + elapsed - inner[0]
+                inner[0] = outer + elapsed
         return timed_step
 
     for module, name, phase in PHASES:
@@ -282,7 +286,7 @@ def startup(args) -> dict:
     names = list(dict.fromkeys(name for p in phases for name in p if name not in ("exit code",)))
     breakdown = {name: statistics.median(p.get(name, 0.0) for p in phases) for name in names}
     known = sum(v for k, v in breakdown.items() if k != "in process")
-    breakdown["other (interpreter, model build, printing)"] = statistics.median(cli) - known
+    breakdown["interpreter start and exit"] = statistics.median(cli) - known
     wall, bare_wall = statistics.median(cli), statistics.median(bare)
     return dict(startup_command="python -m helpers.export " + " ".join(args.startup_args),
                 startup_cli_s=wall, startup_bare_import_s=bare_wall, startup_own_share_s=wall - bare_wall,

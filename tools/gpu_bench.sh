@@ -38,6 +38,7 @@ BENCH=(-m helpers.bench --device cuda --dtype fp16 --repeat 20 --warmup 5 --cali
 step bench_default 120 "$PY" "${BENCH[@]}" --scene default --json
 step bench_full 120 "$PY" "${BENCH[@]}" --scene full --json
 REAL=../shared/data/nuscenes_10sweeps_points.bin
+[ -f "$REAL" ] || REAL=shared/data/nuscenes_10sweeps_points.bin
 if [ -f "$REAL" ]; then
   step bench_nuscenes 120 "$PY" "${BENCH[@]}" --points "$REAL" --json
 fi
