@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab bench export notebooks student slides web-assets system-deps clean
+.PHONY: run test lab bench export notebooks student slides web-assets system-deps lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
@@ -50,6 +50,10 @@ bench: $(STAMP)
 ## system-deps: Chromium and a Chinese font for the browser tests (installed with apt-get when we are root)
 system-deps:
 	@bash tools/install-system-deps.sh
+
+## lock: regenerate requirements.lock (uv, with hashes) and environment.yml from pyproject.toml; see tools/lock.sh
+lock:
+	bash tools/lock.sh
 
 clean:
 	rm -rf build
