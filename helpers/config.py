@@ -22,12 +22,16 @@ class VoxelGrid:
             raise WorkbookError(f"point_range needs 6 numbers and voxel_size 3; see helpers.config.{type(self).__name__}")
 
     @property
-    def grid_xyz(self) -> List[int]:
-        """Voxel counts along x, y, z, e.g. [1440, 1440, 41]."""
+    def grid_counts(self) -> List[int]:
+        """Voxels inside point_range along x, y, z, e.g. [1440, 1440, 40]: where the voxelizer puts points."""
         lo, hi = self.point_range[:3], self.point_range[3:]
-        # +1 on z reproduces the sparse shape of BEVFusion and CenterPoint (41 for 8 m / 0.2 m)
-        grid = [round((h - l) / s) for l, h, s in zip(lo, hi, self.voxel_size)]
-        return [grid[0], grid[1], grid[2] + 1]
+        return [round((h - l) / s) for l, h, s in zip(lo, hi, self.voxel_size)]
+
+    @property
+    def grid_xyz(self) -> List[int]:
+        """The grid the network sees along x, y, z, e.g. [1440, 1440, 41]."""
+        x, y, z = self.grid_counts
+        return [x, y, z + 1]  # +1 on z: the sparse shape of BEVFusion and CenterPoint (41 for 8 m / 0.2 m)
 
     @property
     def sparse_shape(self) -> List[int]:

@@ -149,14 +149,13 @@ def run(args) -> int:
     voxels, coords = batches[0]
     print(f"SCN {cfg.name} ({cfg.layout}) on {device} in {str(dtype).replace('torch.', '')}: "
           f"{voxels.shape[0]} voxels, grid {cfg.sparse_shape}")
-    int8 = args.precision == "int8"
     try:
-        prepared = prepare_scn(model, batches, int8=int8, progress=not args.quiet)
+        prepared = prepare_scn(model, batches, int8=args.precision == "int8", progress=not args.quiet)
     except WorkbookError as err:  # say which scans the layers were calibrated on
         used = [args.points or f"scene {args.scene}"] + args.calib_points[:args.calibrate]
         scans = ", ".join(map(str, used))
         raise WorkbookError(f"{err} (calibration scans: {scans}: do they hold real points?)") from None
-    result = export_scn(prepared, voxels, coords, int8=int8, on_node=None if args.quiet else print_node, dtype=dtype)
+    result = export_scn(prepared, voxels, coords, on_node=None if args.quiet else print_node, dtype=dtype)
     reference = reference_run(prepared, voxels, coords)  # float and fake-quant PyTorch, node by node
     outputs = {args.out: result.model.SerializeToString(deterministic=True)}
     if args.save_tensors:  # + output_int8.npy and node_stats.npz; written with the graph, all or nothing

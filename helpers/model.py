@@ -14,7 +14,7 @@ import torch
 from spconv.core import ConvAlgo
 from torch import nn
 
-from helpers.config import SCNConfig
+from helpers.config import SCNConfig, VoxelGrid
 from helpers.errors import WorkbookError
 
 
@@ -100,6 +100,13 @@ class SparseEncoder(nn.Module):
         dense = dense.permute(*self.bev_permute).contiguous()  # [1, 128, 2, 180, 180]
         n, c, d, h, w = dense.shape
         return dense.view(n, c * d, h, w)  # [1, 256, 180, 180]
+
+
+def layout_of(model: nn.Module) -> str:
+    """'xyz' or 'zyx', the order of the voxel coordinates: a network built from a grid config (BEVFusion's,
+    CenterPoint's) knows it; any other network is taken as xyz."""
+    cfg = getattr(model, "cfg", None)
+    return cfg.layout if isinstance(cfg, VoxelGrid) else "xyz"
 
 
 def network_class(cfg) -> type:

@@ -17,7 +17,7 @@ import torch
 from helpers.checkpoint import check_weights
 from helpers.errors import WorkbookError
 from helpers.files import save_atomic
-from helpers.model import place
+from helpers.model import layout_of, place
 from helpers.quant.calibrate import calibrate
 from helpers.quant.fuse import fuse
 from helpers.quant.modules import TensorQuantizer, quantize_scn  # helpers.quant imports the library lean
@@ -44,7 +44,8 @@ def round_to_fp16(model: torch.nn.Module):
 
 
 def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
-    """A quantized, BN-folded, ReLU-fused copy of `model`, calibrated on `batches` when int8."""
+    """A quantized, BN-folded, ReLU-fused copy of `model` whose layers are int8 (calibrated on `batches`)
+    or, with int8=False, fp16; the export reads that choice from the layers."""
     voxels, coords = batches[0] if batches else (None, None)
     if voxels is None:
         raise WorkbookError("prepare_scn needs at least one (voxels, coords) batch")
@@ -60,17 +61,15 @@ def prepare_scn(model, batches, int8: bool = True, progress: bool = True):
     return model
 
 
-def layout_of(model) -> str:
-    """'xyz' or 'zyx': a SparseEncoder knows its layout; other networks are taken as xyz."""
-    return model.cfg.layout if hasattr(model, "cfg") else "xyz"
+def trace_scn(model, voxels, coords, on_node: Optional[Callable] = None, ranges: Optional[dict] = None):
+    """Run the float network once inside `tracing`; every recorded op becomes a node.
 
-
-def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callable] = None,
-              ranges: Optional[dict] = None):
-    """Run the float network once inside `tracing`; every recorded op becomes a node."""
+    Each layer's precision is read from the layer (set_precision); `ranges` is dynamic_ranges(model),
+    read here when not given.
+    """
     names = check_supported(model, REGISTRY, allowed=(TensorQuantizer,))  # module paths, for the log
     if ranges is None:
-        ranges = dynamic_ranges(model) if int8 else {}  # read before tracing, in one copy
+        ranges = dynamic_ranges(model)  # the int8 layers' amax, read before tracing, in one copy
     tracer = Tracer(on_node=on_node, dynamic_ranges=ranges, layout=layout_of(model), module_names=names)
     with quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
         tracer.new_tensor(voxels)  # the graph input is tensor "0"
@@ -78,14 +77,18 @@ def trace_scn(model, voxels, coords, int8: bool = True, on_node: Optional[Callab
     return tracer, output
 
 
-def export_scn(model, voxels, coords, path=None, int8: bool = True, on_node: Optional[Callable] = None,
+def export_scn(model, voxels, coords, path=None, on_node: Optional[Callable] = None,
                dtype: Optional[torch.dtype] = None):
-    """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph."""
+    """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph.
+
+    What is int8 and what fp16 is the layers' own precision (prepare_scn / set_precision): the int8
+    layers get their dynamic ranges, the fp16 ones none.
+    """
     if dtype is None:
         dtype = torch.float16 if voxels.is_cuda else torch.float32  # spconv on a GPU likes fp16
-    ranges = dynamic_ranges(model) if int8 else {}  # read while amax is fp32, before .half()
+    ranges = dynamic_ranges(model)  # read while amax is fp32, before .half()
     model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
     x = voxels.half().to(dtype)  # the graph input is FLOAT16: trace on exactly the values the engine gets
-    tracer, output = trace_scn(model, x, coords, int8, on_node, ranges)
+    tracer, output = trace_scn(model, x, coords, on_node, ranges)
     proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
     return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)

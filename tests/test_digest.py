@@ -49,7 +49,7 @@ def exported_bytes(tmp_path) -> bytes:
     set_precision(model, int8=True)
     fixed_amax(model)
     path = tmp_path / "scn.onnx"
-    export_scn(model, voxels, coords, path, int8=True)
+    export_scn(model, voxels, coords, path)
     return path.read_bytes()
 
 

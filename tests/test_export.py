@@ -1,4 +1,6 @@
 """Tracing and export: the scoped patcher, the contract, the re-run from the file, the command line."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,13 +13,14 @@ from helpers.check.contract import BEVFUSION_OPS, check_contract
 from helpers.check.rerun import run_graph
 from helpers.config import get_config
 from helpers.errors import WorkbookError
+from helpers import files
 from helpers.files import save_atomic
 from helpers.model import ResidualAdd, build_scn, place
 from helpers.pipeline import export_scn, prepare_scn, trace_scn
 from helpers.quant.fuse import fuse
 from helpers.quant.modules import quantize_scn
 from helpers.quant.precision import set_precision
-from helpers.quant.ranges import input_dynamic_range
+from helpers.quant.ranges import dynamic_ranges
 from helpers.trace.handlers import REGISTRY
 from helpers.trace.registry import Registry, tracing
 from helpers.trace.tracer import Tracer
@@ -104,7 +107,7 @@ def test_bevfusion_graph_meets_the_contract(bevfusion, tmp_path):
     assert not any(name.endswith(("dynamic_range", "dynamic_ranges")) for name in a)
     conv1 = {x.name: onnx.helper.get_attribute_value(x) for x in nodes[1].attribute}
     assert conv1["input_dynamic_range"] == pytest.approx(
-        input_dynamic_range(model.encoder_layers.encoder_layer1[0].conv1))
+        dynamic_ranges(model)[model.encoder_layers.encoder_layer1[0].conv1]["input_dynamic_range"])
     # the file alone reproduces the PyTorch output
     diff = compare(result.output, run_graph(saved, voxels, coords))
     assert diff["max_abs"] <= 1e-4 and diff["cosine"] > 0.9999
@@ -114,7 +117,7 @@ def test_bevfusion_graph_meets_the_contract(bevfusion, tmp_path):
 def test_layouts_and_grids(grid, layout, tmp_path):
     cfg = get_config(grid, layout)
     model, voxels, coords = prepared(cfg, n=1500, int8=(layout == "xyz"))
-    result = export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=(layout == "xyz"))
+    result = export_scn(model, voxels, coords, tmp_path / "scn.onnx")
     assert check_contract(tmp_path / "scn.onnx", op_counts=BEVFUSION_OPS) == []
     bev = 180 if grid == "bevfusion-0075" else 128
     assert list(result.output.shape) == [1, 256, bev, bev]
@@ -226,7 +229,7 @@ def test_uncalibrated_int8_export_names_the_layers(tmp_path):
     voxels, coords = random_voxels(cfg, n=800)
     model = set_precision(fuse(quantize_scn(place(build_scn(cfg), "cpu")), voxels, coords))
     with pytest.raises(WorkbookError, match=r"conv_input\.0"):
-        export_scn(model, voxels, coords, tmp_path / "scn.onnx", int8=True)
+        export_scn(model, voxels, coords, tmp_path / "scn.onnx")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
@@ -252,14 +255,23 @@ def test_contract_checker_lists_each_violation(bevfusion, tmp_path):
     assert len(problems) >= 5
 
 
-def test_save_is_atomic(tmp_path, bevfusion):
-    class Broken:
-        def SerializeToString(self, deterministic=False):
-            raise RuntimeError("disk full")
-    (tmp_path / "scn.onnx").write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        save_atomic(Broken(), tmp_path / "scn.onnx")
-    assert [p.name for p in tmp_path.iterdir()] == ["scn.onnx"] and (tmp_path / "scn.onnx").read_bytes() == b"old"
+def test_save_is_atomic(tmp_path, bevfusion, monkeypatch):
+    """A save that fails after writing (here: the rename) leaves the old file and no temporary behind."""
+    model, voxels, coords = bevfusion
+    proto = export_scn(model, voxels, coords).model
+    target = tmp_path / "scn.onnx"
+    target.write_bytes(b"old")
+
+    def failing_replace(source, destination):
+        assert Path(source).read_bytes() == proto.SerializeToString(deterministic=True)  # fully written
+        raise OSError("disk full")
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic(proto, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["scn.onnx"] and target.read_bytes() == b"old"
+    monkeypatch.undo()
+    assert save_atomic(proto, target) == target and onnx.load(str(target)) == proto
+    assert [p.name for p in tmp_path.iterdir()] == ["scn.onnx"]
 
 
 def test_real_bevfusion_voxels_re_run_from_the_file(tmp_path):

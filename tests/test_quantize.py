@@ -16,8 +16,7 @@ from helpers.quant.cost import int8_cost
 from helpers.quant.fuse import fold_bn, fuse, fuse_relu
 from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers, quantize_scn
 from helpers.quant.precision import quantizers_disabled, set_precision, set_quantizers, sync_quantizers
-from helpers.quant.ranges import (add_dynamic_range, amax_table, check_calibrated, dynamic_ranges,
-                                  input_dynamic_range, weight_dynamic_ranges)
+from helpers.quant.ranges import amax_table, check_calibrated, dynamic_ranges
 
 
 def random_scan(seed, n=3000, channels=5, region=(40, 40, 12), offset=(480, 480, 14)):
@@ -118,19 +117,22 @@ def test_calibration_gives_finite_positive_amax(calibrated):
             assert row["amax"] is None and row["channels"] > 1
         else:
             assert row["amax"] > 0 and row["channels"] == 1
-    for m in calibrated.modules():
+    ranges = dynamic_ranges(calibrated)
+    layers = [m for m in calibrated.modules() if isinstance(m, (QuantSparseConv, QuantAdd))]
+    assert list(ranges) == layers[1:]  # every layer but the first, whose input is fp16, in module order
+    for m in layers[1:]:
         if isinstance(m, QuantSparseConv):
-            ranges = weight_dynamic_ranges(m)
-            assert len(ranges) == m.out_channels and all(r > 0 for r in ranges)
-            assert input_dynamic_range(m) > 0
-        if isinstance(m, QuantAdd):
-            assert add_dynamic_range(m) > 0
+            weights = ranges[m]["weight_dynamic_ranges"]
+            assert len(weights) == m.out_channels and all(r > 0 for r in weights)
+            assert ranges[m]["input_dynamic_range"] > 0
+        else:
+            assert ranges[m]["input0_dynamic_range"] == ranges[m]["input1_dynamic_range"] > 0
 
 
 def test_weight_amax_is_per_output_channel_max(calibrated):
     conv = calibrated.get_submodule("encoder_layers.encoder_layer2.0.conv1")
     expected = conv.weight.detach().abs().amax(dim=(1, 2, 3, 4))  # [C_out]
-    assert weight_dynamic_ranges(conv) == expected.tolist()
+    assert dynamic_ranges(calibrated)[conv]["weight_dynamic_ranges"] == expected.tolist()
 
 
 def test_int8_output_close_to_float(calibrated, scan):
@@ -158,12 +160,8 @@ def test_calibrate_without_batches_raises(prepared):
 def test_uncalibrated_model_is_named(prepared):
     with pytest.raises(WorkbookError, match=r"conv_input\.0\.input .*and \d+ more.*calibrate"):
         check_calibrated(prepared)
-    with pytest.raises(WorkbookError, match=r"conv_input\.0 has no amax.*calibrate"):
-        input_dynamic_range(prepared.get_submodule("conv_input.0"))
-    with pytest.raises(WorkbookError, match=r"conv_out\.0 has no amax in its weight"):
-        weight_dynamic_ranges(prepared.get_submodule("conv_out.0"))
-    with pytest.raises(WorkbookError, match=r"encoder_layer1\.0\.add has no amax"):
-        add_dynamic_range(prepared.get_submodule("encoder_layers.encoder_layer1.0.add"))
+    with pytest.raises(WorkbookError, match=r"48 of 48 .*encoder_layer1\.0\.conv1\.input \(no amax\).*calibrate"):
+        dynamic_ranges(prepared)  # the int8 layers only: conv_input reads fp16
 
 
 def test_nan_amax_is_named(calibrated):
@@ -172,8 +170,22 @@ def test_nan_amax_is_named(calibrated):
     add.quantizer.amax = float("nan")
     with pytest.raises(WorkbookError, match=r"1 of 50 .*encoder_layer3\.1\.add\.add \(non-finite amax\)"):
         check_calibrated(model)
-    with pytest.raises(WorkbookError, match="non-finite"):
-        add_dynamic_range(add)
+    with pytest.raises(WorkbookError, match=r"1 of 48 .*encoder_layer3\.1\.add\.add \(non-finite amax\)"):
+        dynamic_ranges(model)
+
+
+def test_fp16_layers_need_no_ranges(calibrated, prepared):
+    model = set_precision(copy.deepcopy(calibrated), int8=False)
+    assert dynamic_ranges(model) == {}
+    assert dynamic_ranges(set_precision(copy.deepcopy(prepared), int8=False)) == {}  # nor calibration
+
+
+def test_a_weight_amax_of_the_wrong_length_is_named(calibrated):
+    model = copy.deepcopy(calibrated)
+    conv = model.get_submodule("encoder_layers.encoder_layer2.0.conv1")
+    conv.weight_quantizer._amax = conv.weight_quantizer._amax[:-1].clone()  # 31 values for 32 channels
+    with pytest.raises(WorkbookError, match=r"encoder_layer2\.0\.conv1 has 31 weight amax values for 32 output"):
+        dynamic_ranges(model)
 
 
 # --- precision and quantizer switches ---
@@ -301,7 +313,7 @@ def test_generic_network_is_converted(scan):
     with torch.no_grad(), quantizers_disabled(model):
         assert relative_error(model(*toy_scan(3)), reference(*toy_scan(3))) < 1e-5
     calibrate(model, [toy_scan(1)], method="percentile", progress=False)
-    assert len(weight_dynamic_ranges(model.down[0])) == 16
+    assert len(dynamic_ranges(model)[model.down[0]]["weight_dynamic_ranges"]) == 16
     assert int8_cost(model, *toy_scan(3))["cosine"] > 0.99
 
 

@@ -13,7 +13,7 @@ from helpers.data.voxelize import voxelize
 from helpers.errors import WorkbookError
 from helpers.model import build_scn, place, spatial_shapes
 from helpers.pipeline import export_scn, prepare_scn
-from helpers.quant.ranges import amax_table, input_dynamic_range
+from helpers.quant.ranges import amax_table, dynamic_ranges
 from helpers.viz.pictures import (bev_map, block_sum, histograms, next_conv_amax, occupancy_grid, occupancy_image,
                                   stage_chart)
 from helpers.viz.recorder import StageRecorder
@@ -87,7 +87,8 @@ def test_histograms_mark_the_next_convs_input_amax(trace):
     model, recorder, _, _, _ = trace
     rows = amax_table(model)
     first = model.encoder_layers.encoder_layer1[0].conv1
-    assert next_conv_amax(recorder, recorder.stages[0], rows) == pytest.approx(input_dynamic_range(first))
+    amax = dynamic_ranges(model)[first]["input_dynamic_range"]
+    assert next_conv_amax(recorder, recorder.stages[0], rows) == pytest.approx(amax)
     assert next_conv_amax(recorder, recorder.stages[-1], rows) is None  # conv_out: nothing after it
     fig = histograms(recorder, rows)
     red_lines = [len([l for l in ax.lines if l.get_color() == "#cc0000"]) for ax in fig.axes]

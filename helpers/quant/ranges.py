@@ -1,6 +1,6 @@
 """The calibrated amax values, read out: the int8 dynamic ranges the exporter writes into the graph.
 
-    dynamic_ranges(model)     {module: its *_dynamic_range attributes}, every amax read in one host copy
+    dynamic_ranges(model)     {module: its *_dynamic_range attributes} for every int8 layer, in one host copy
     amax_table(model)         one row per quantizer, for people
     check_calibrated(model)   raises, naming every layer without a usable amax
 """
@@ -11,7 +11,7 @@ from pytorch_quantization.nn import TensorQuantizer
 from torch import nn
 
 from helpers.errors import WorkbookError
-from helpers.quant.modules import QuantAdd, QuantSparseConv, named_quantizers, quantizers_of
+from helpers.quant.modules import named_quantizers, quantizers_of
 
 CALIBRATE_HINT = "run helpers.quant.calibrate.calibrate(model, batches) with at least one scan first"
 
@@ -40,11 +40,16 @@ def amax_table(model: nn.Module) -> List[dict]:
     return rows
 
 
-def check_calibrated(model: nn.Module):
-    """Raise a WorkbookError naming every layer whose quantizer has no usable amax."""
+def check_calibrated(model: nn.Module, int8_only: bool = False):
+    """Raise a WorkbookError naming every layer whose quantizer has no usable amax.
+
+    int8_only=True looks only at the layers that run in int8 (the ones the graph needs ranges for).
+    """
     quantizers = named_quantizers(model)
     if not quantizers:
         raise WorkbookError("the model has no quantizers; run helpers.quant.modules.quantize_scn(model) first")
+    if int8_only:
+        quantizers = [(path, kind, q) for path, kind, q in quantizers if runs_int8(model.get_submodule(path))]
     bad = [f"{path}.{kind} ({amax_problem(q)})" for path, kind, q in quantizers if amax_problem(q)]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
@@ -52,59 +57,41 @@ def check_calibrated(model: nn.Module):
                             f"{', '.join(bad[:5])}{more}; {CALIBRATE_HINT}")
 
 
-def checked_amax(quantizer: TensorQuantizer, layer: str, kind: str) -> torch.Tensor:
-    """The quantizer's amax as a flat fp32 CPU tensor, or a WorkbookError naming the layer."""
-    problem = amax_problem(quantizer)
-    if problem:
-        raise WorkbookError(f"{layer or 'a quantized layer'} has {problem} in its {kind} quantizer; {CALIBRATE_HINT}")
-    return quantizer.amax.detach().flatten().float().cpu()
-
-
-def input_dynamic_range(conv: QuantSparseConv) -> float:
-    """The conv's input amax: int8 values -127..127 stand for -amax..amax."""
-    return float(checked_amax(conv.input_quantizer, conv.layer_name, "input")[0])
-
-
-def weight_dynamic_ranges(conv: QuantSparseConv) -> List[float]:
-    """The conv's weight amax per output channel (length C_out)."""
-    amax = checked_amax(conv.weight_quantizer, conv.layer_name, "weight")  # [C_out] (or [1])
-    if amax.numel() == 1:
-        amax = amax.expand(conv.out_channels)
-    if amax.numel() != conv.out_channels:
-        raise WorkbookError(f"{conv.layer_name} has {amax.numel()} weight amax values for {conv.out_channels} "
-                            f"output channels; {CALIBRATE_HINT}")
-    return amax.tolist()
-
-
-def add_dynamic_range(add: QuantAdd) -> float:
-    """The amax shared by both inputs of a residual add."""
-    return float(checked_amax(add.quantizer, add.layer_name, "add")[0])
+def runs_int8(layer: nn.Module) -> bool:
+    """A layer whose input is int8 quantizes with its ranges (set_precision decides; an fp16 layer's
+    quantizers are off and the graph carries no ranges for it)."""
+    return layer.precision == "int8"
 
 
 def dynamic_ranges(model: nn.Module) -> Dict[nn.Module, dict]:
-    """The int8 dynamic-range attributes of every int8 layer, keyed by module (fp16 layers have none).
+    """The int8 dynamic-range attributes of every layer that runs in int8, keyed by module: the only
+    reader of amax for the exporter. fp16 layers have none; an fp16 model gives {} and needs no calibration.
+
+        conv: {"input_dynamic_range": amax, "weight_dynamic_ranges": [amax per output channel]}
+        add:  {"input0_dynamic_range": amax, "input1_dynamic_range": amax}  (one quantizer serves both)
 
     All amax values reach the host in ONE copy: on a GPU each separate .item() would wait for all
     queued work, and a trace would pay that wait about fifty times.
     """
-    if not named_quantizers(model):
-        check_calibrated(model)  # raises: not quantized at all
-    layers = [(m, kind, q) for m in model.modules() for kind, q in quantizers_of(m) if m.precision == "int8"]
+    layers = [(m, kind, q) for m in model.modules() for kind, q in quantizers_of(m) if runs_int8(m)]
     if not layers:
-        return {}  # an all-fp16 network
+        return {}
     if any(q.amax is None for _, _, q in layers):
-        check_calibrated(model)  # raises, naming the layers
+        check_calibrated(model, int8_only=True)  # raises, naming the layers
     flat = torch.cat([q.amax.detach().reshape(-1) for _, _, q in layers]).float().cpu()  # every amax
     if not (torch.isfinite(flat).all() and (flat > 0).all()):
-        check_calibrated(model)  # raises, naming the layers
+        check_calibrated(model, int8_only=True)  # raises, naming the layers
     ranges, start = {}, 0
     for module, kind, q in layers:
         values = flat[start:start + q.amax.numel()].tolist()
         start += len(values)
         if kind == "input":
             ranges.setdefault(module, {})["input_dynamic_range"] = values[0]
-        elif kind == "weight":  # one per output channel
+        elif kind == "weight":  # one per output channel; a single per-tensor value stands for all of them
+            if len(values) not in (1, module.out_channels):
+                raise WorkbookError(f"{module.layer_name or 'a quantized conv'} has {len(values)} weight amax values "
+                                    f"for {module.out_channels} output channels; {CALIBRATE_HINT}")
             ranges.setdefault(module, {})["weight_dynamic_ranges"] = values * (module.out_channels // len(values))
-        else:  # one quantizer serves both inputs of the add
+        else:
             ranges[module] = {"input0_dynamic_range": values[0], "input1_dynamic_range": values[0]}
     return ranges

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from helpers.errors import WorkbookError
+from helpers.model import layout_of
 
 
 @dataclass
@@ -76,7 +77,7 @@ class StageRecorder:
         """Hook conv_input, each encoder layer and conv_out of a SparseEncoder for the `with` block."""
         names = ["conv_input"] + [f"encoder_layers.{n}" for n, _ in model.encoder_layers.named_children()] + \
             ["conv_out"]
-        layout = model.cfg.layout if hasattr(model, "cfg") else "xyz"
+        layout = layout_of(model)
         self.records, self.stages, self._made_by, self._spatial = [], [], {}, []  # a fresh recording
         handles = [model.get_submodule(n).register_forward_hook(self._stage_hook(n, layout)) for n in names]
         try:
