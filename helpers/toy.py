@@ -18,6 +18,7 @@ from torch import nn
 
 from helpers.errors import WorkbookError
 from helpers.files import save_atomic
+from helpers.trace.ops import contiguous, permute_dims, relu
 from helpers.trace.registry import Registry, tracing
 from helpers.trace.tracer import Tracer, check_supported
 
@@ -98,22 +99,13 @@ def add(tracer: Tracer, y: torch.Tensor, module: ToyAdd, branch: torch.Tensor, i
     tracer.add_node("Add", [tracer.tensor_id(branch, path), tracer.tensor_id(identity, path)], y, {}, module=path)
 
 
-@TOY_REGISTRY.register(nn.ReLU, "forward")
-def relu(tracer: Tracer, y: torch.Tensor, module: nn.ReLU, x: torch.Tensor):
-    path = tracer.module_name(module)
-    tracer.add_node("Relu", [tracer.tensor_id(x, path)], y, {}, module=path)
-
-
-def dims_of(args, ndim: int) -> list:
-    """permute(0, 2, 3, 1), permute((0, 2, 3, 1)) and permute(0, -2, -1, 1) all mean [0, 2, 3, 1]."""
-    dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
-    return [int(d) % ndim for d in dims]
+TOY_REGISTRY.register(nn.ReLU, "forward")(relu)  # the same Relu as the SCN's (helpers.trace.ops)
 
 
 @TOY_REGISTRY.register(torch.Tensor, "permute")
 def transpose(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *dims):
     if tracer.knows(x):  # a permute of a tensor outside the network is not part of the graph
-        tracer.add_node("Transpose", [tracer.tensor_id(x)], y, dict(perm=dims_of(dims, x.dim())))
+        tracer.add_node("Transpose", [tracer.tensor_id(x)], y, dict(perm=permute_dims(dims, x.dim())))
 
 
 @TOY_REGISTRY.register(torch.Tensor, "reshape")
@@ -126,9 +118,7 @@ def reshape(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *shape):
         tracer.add_node("Reshape", inputs, y, {}, index=index)
 
 
-@TOY_REGISTRY.register(torch.Tensor, "contiguous")
-def contiguous(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *args, **kwargs):
-    tracer.alias(y, x)  # a memory-layout copy: same values, same name, no node
+TOY_REGISTRY.register(torch.Tensor, "contiguous")(contiguous)  # a copy, no node (helpers.trace.ops)
 
 
 def trace_toy(model: nn.Module, x: torch.Tensor, registry: Registry = TOY_REGISTRY,

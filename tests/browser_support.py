@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,9 @@ from typing import Dict, List, Optional
 
 import psutil
 import pytest
+
+from helpers.errors import WorkbookError
+from helpers.viz.netron import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -82,12 +84,6 @@ def require_chromium() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message + " (CI=true: the browser test may not be skipped)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def describe(process: psutil.Process) -> str:
@@ -327,3 +323,37 @@ def prompts(cells) -> List[Optional[str]]:
     return cells.evaluate_all(
         "(cells, args) => cells.map(c => c.classList.contains(args[0]) ? "
         "(c.querySelector(args[1]) || {}).textContent || '' : null)", [CODE_CELL_CLASS, INPUT_PROMPT])
+
+
+NODE_SELECTOR = "#canvas g.graph-node"  # one SVG group per operator node, drawn by netron's grapher.js
+
+
+def wait_for_netron_graph(page, timeout: float = 60.0) -> int:
+    """Wait until netron has drawn a graph in `page`; return the number of operator nodes drawn.
+
+    `page` is anything with Playwright's `.locator()`: a Page, a Frame or a FrameLocator (an
+    iframe in JupyterLab). netron draws each operator as `<g class="node graph-node">` inside
+    `<svg id="canvas">` (graph inputs and outputs are other boxes, with headers of class
+    `graph-item-input` / `graph-item-output`; they are not counted) and sets
+    `<body class="default">` once drawing is done. A dialog (cookie consent, "Please update",
+    a load error) sets body class `alert` or `notification`: that is an error, except the note
+    netron shows while a layout takes longer than 2.5 s (then we keep waiting).
+    We poll with locators, not `page.evaluate()`: netron replaces `window.eval`, which breaks
+    Playwright's evaluate functions on its page.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        body = page.locator("body").get_attribute("class", timeout=5000) or ""
+        classes = body.split()
+        nodes = page.locator(NODE_SELECTOR).count()
+        if "default" in classes and nodes > 0:
+            return nodes
+        if "alert" in classes or "notification" in classes:
+            message = (page.locator("#message-text").text_content(timeout=5000) or "").strip()
+            if not message.startswith("This large graph layout"):
+                raise WorkbookError(f"netron showed a message instead of the graph: {message!r}; set the cookie "
+                                    "consent=1, update netron if it asks (pip install -U netron), or check the model")
+        if time.monotonic() > deadline:
+            raise WorkbookError(f"netron drew no graph within {timeout:.0f} s (body class {body!r}, {nodes} nodes); "
+                                "is the server running, the consent cookie set and the model a valid ONNX file?")
+        time.sleep(0.2)

@@ -38,10 +38,9 @@ import nbformat
 import onnx
 import pytest
 
-from helpers.viz.netron import NODE_SELECTOR, wait_for_netron_graph
 from tests.browser_support import (CELL, CHROMIUM, CHROMIUM_ARGS, DIALOG, HOST, KERNEL_INDICATOR, MENU_BAR, MENU_COMMAND,
-                                   STDOUT_OUTPUT, JupyterLab, exception_name, exceptions_in_cells, model_errors,
-                                   plain_text, prompts, require_chromium)
+                                   NODE_SELECTOR, STDOUT_OUTPUT, JupyterLab, exception_name, exceptions_in_cells,
+                                   model_errors, plain_text, prompts, require_chromium, wait_for_netron_graph)
 from tests.conftest import ROOT
 
 

@@ -1,5 +1,8 @@
 """The static SVG picture of an ONNX graph: valid XML, one box per node, the right edges, stable bytes."""
 import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import onnx
@@ -7,9 +10,21 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers.errors import WorkbookError
-from helpers.viz.graph_svg import graph_svg, op_counts, save_graph_svg
+from helpers.files import write_atomic
+from helpers.onnx_file import load_onnx
+from helpers.viz.graph_svg import graph_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def op_counts(model_or_path) -> Dict[str, int]:
+    """How many nodes of each op type, in order of first appearance, e.g. {'SparseConvolution': 21, ...}."""
+    return dict(Counter(node.op_type for node in load_onnx(model_or_path).graph.node))
+
+
+def save_graph_svg(model_or_path, svg_path) -> Path:
+    """Write `graph_svg(...)` to `svg_path` atomically (a temporary file renamed into place)."""
+    return write_atomic(svg_path, graph_svg(model_or_path))
 
 
 def conv_node(i, x, y, cin, cout, rulebook="subm1"):

@@ -20,7 +20,8 @@ import pytest
 
 from helpers.errors import WorkbookError
 from helpers.viz.netron import (NetronServer, http_ok, jupyter_server_info, netron_build_age_days, netron_build_date,
-                                netron_url, netron_warning, proxy_prefix, show_netron, wait_for_netron_graph)
+                                netron_url, netron_warning, proxy_prefix, show_netron)
+from tests.browser_support import wait_for_netron_graph
 from tests.conftest import ROOT
 from tests.test_graph_picture import toy_model
 

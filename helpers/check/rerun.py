@@ -7,14 +7,14 @@ import spconv.pytorch as spconv
 import torch
 from onnx import numpy_helper
 
-from helpers.check.contract import _decoded, attributes, load
 from helpers.model import place
+from helpers.onnx_file import attributes, load_onnx
 
 
 @torch.no_grad()
 def run_graph(model, voxels: torch.Tensor, coords: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Execute a saved SCN graph with spconv: every number comes from the file, none from PyTorch modules."""
-    model = load(model)
+    model = load_onnx(model)
     device = voxels.device
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float32)) for t in model.graph.initializer}
     first = attributes(model.graph.node[0])
@@ -22,7 +22,7 @@ def run_graph(model, voxels: torch.Tensor, coords: torch.Tensor, dtype=torch.flo
     values = {"0": spconv.SparseConvTensor(features, coords.int(),
                                            list(first["input_spatial_shape"]), 1)}  # name -> tensor
     for node in model.graph.node:
-        a = {k: _decoded(v) for k, v in attributes(node).items()}
+        a = attributes(node)
         x = values[node.input[0]]
         if node.op_type == "SparseConvolution":
             kind = spconv.SubMConv3d if a["subm"] else spconv.SparseConv3d

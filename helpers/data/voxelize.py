@@ -6,17 +6,11 @@ import torch
 from helpers.errors import WorkbookError
 
 # ----------------------------------------------------------------------------- voxelizer
-def _grid_counts(cfg) -> list:
-    """Voxels inside point_range along x, y, z, e.g. [1440, 1440, 40] (z has no +1 here)."""
-    lo, hi = cfg.point_range[:3], cfg.point_range[3:]
-    return [round((h - l) / s) for l, h, s in zip(lo, hi, cfg.voxel_size)]
-
-
 def _voxel_index(points: torch.Tensor, cfg):
     """Float32 voxel index of every point, [N, 3] (x, y, z), and whether it lies in the grid, [N]."""
     lo = torch.tensor(cfg.point_range[:3], dtype=torch.float32, device=points.device)  # [3]
     size = torch.tensor(cfg.voxel_size, dtype=torch.float32, device=points.device)  # [3]
-    grid = torch.tensor(_grid_counts(cfg), dtype=torch.float32, device=points.device)  # [3]
+    grid = torch.tensor(cfg.grid_counts, dtype=torch.float32, device=points.device)  # [3]
     # float32 division, exactly like BEVFusion's CUDA kernel floorf((p - min) / size): float64 maths
     # would put points lying on voxel edges into the neighbouring voxel
     index = torch.floor((points[:, :3].float() - lo) / size)  # [N, 3]
@@ -30,11 +24,6 @@ def _as_tensor(points) -> torch.Tensor:
     if tensor.ndim != 2 or tensor.shape[1] < 3:
         raise WorkbookError(f"points of shape {tuple(tensor.shape)} cannot be voxelized; expected [N, 5]")
     return tensor.float()  # float64 input is rounded to float32 first, as BEVFusion sees it
-
-
-def count_in_range(points, cfg) -> int:
-    """How many points fall inside cfg.point_range (that is, into a voxel of the grid)."""
-    return int(_voxel_index(_as_tensor(points), cfg)[1].sum())
 
 
 def voxelize(points, cfg):
@@ -51,7 +40,7 @@ def voxelize(points, cfg):
         raise WorkbookError(f"none of the {len(points)} points lies inside point_range {tuple(cfg.point_range)} m; "
                             f"expected metres in the ego frame; check the units and the coordinate frame")
     points, index = points[inside], index[inside].long()  # [K, C], [K, 3]
-    n_x, n_y, _ = _grid_counts(cfg)
+    n_x, n_y, _ = cfg.grid_counts
     key = (index[:, 2] * n_y + index[:, 1]) * n_x + index[:, 0]  # [K] one number per voxel
     unique_keys, voxel_of_point = torch.unique(key, return_inverse=True)  # [U], [K] (sorted by key)
     point_number = torch.arange(len(key), device=key.device)  # [K]

@@ -2,7 +2,7 @@
 
 Every handler has the same shape: `handler(tracer, output, self, *args)` runs after the original
 method, looks up the names of its inputs, names its output and records one node.
-The attribute names and values are those of design/ONNX_CONTRACT.md.
+The attribute names, types and values are those of docs/ONNX_CONTRACT.md.
 """
 import spconv.pytorch as spconv
 import torch
@@ -10,6 +10,7 @@ from torch import nn
 
 from helpers.model import ResidualAdd
 from helpers.quant.modules import QuantAdd, QuantSparseConv
+from helpers.trace.ops import contiguous, permute_dims, relu
 from helpers.trace.registry import Registry
 from helpers.trace.tracer import Tracer
 
@@ -65,10 +66,7 @@ def add(tracer: Tracer, y: torch.Tensor, module: nn.Module, branch: torch.Tensor
     tracer.add_node("Add", inputs, y, attributes, module=path)
 
 
-@REGISTRY.register(nn.ReLU, "forward")
-def relu(tracer: Tracer, y: torch.Tensor, module: nn.ReLU, x: torch.Tensor):
-    path = tracer.module_name(module)
-    tracer.add_node("Relu", [tracer.tensor_id(x, path)], y, {}, module=path)
+REGISTRY.register(nn.ReLU, "forward")(relu)  # the same Relu node as the toy exporter's (helpers.trace.ops)
 
 
 @REGISTRY.register(spconv.SparseConvTensor, "dense")
@@ -78,15 +76,10 @@ def scatter_dense(tracer: Tracer, y: torch.Tensor, x: spconv.SparseConvTensor, c
                     spatial=(list(x.spatial_shape), list(y.shape)))
 
 
-def dims_of(args) -> list:
-    """permute(0, 1, 4, 2, 3) and permute((0, 1, 4, 2, 3)) both mean [0, 1, 4, 2, 3]."""
-    return list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else list(args)
-
-
 @REGISTRY.register(torch.Tensor, "permute")
 def transpose(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *dims):
     if tracer.knows(x):  # permutes of tensors outside the network are not part of the graph
-        tracer.add_node("Transpose", [tracer.tensor_id(x)], y, dict(dims=dims_of(dims)))
+        tracer.add_node("Transpose", [tracer.tensor_id(x)], y, dict(dims=permute_dims(dims, x.dim())))
 
 
 @REGISTRY.register(torch.Tensor, "reshape")
@@ -96,6 +89,4 @@ def reshape(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *shape):
         tracer.add_node("Reshape", [tracer.tensor_id(x)], y, dict(dims=list(y.shape)))  # -1 resolved
 
 
-@REGISTRY.register(torch.Tensor, "contiguous")
-def contiguous(tracer: Tracer, y: torch.Tensor, x: torch.Tensor, *args, **kwargs):
-    tracer.alias(y, x)  # a memory-layout copy: same values, same name, no node
+REGISTRY.register(torch.Tensor, "contiguous")(contiguous)  # a copy: same name, no node (helpers.trace.ops)

@@ -9,16 +9,12 @@ The same model always gives the same bytes (integer coordinates, graph order, no
 In a notebook: `IPython.display.SVG(graph_svg(model))`.
 """
 import math
-from collections import Counter
-from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
 import onnx
-from onnx import helper
 
-from helpers.errors import WorkbookError
-from helpers.files import write_atomic
+from helpers.onnx_file import attributes, load_onnx
 
 MARGIN, COLUMN_WIDTH, BOX_WIDTH, BOX_HEIGHT, ROW_PITCH = 20, 300, 230, 48, 64
 ROWS_PER_COLUMN, MAX_COLUMNS = 15, 4
@@ -26,30 +22,6 @@ COLOURS = {"SparseConvolution": "#cfe2f3", "Add": "#d9ead3", "Relu": "#fce5cd", 
            "Transpose": "#fff2cc", "Reshape": "#fff2cc", "Conv": "#cfe2f3", "Gemm": "#d0e0e3",
            "graph input": "#ffffff", "graph output": "#ffffff"}
 OTHER_COLOUR = "#eeeeee"
-
-
-def load_model(model_or_path) -> onnx.ModelProto:
-    """The ModelProto itself, or the model read from a path (weights stay where they are)."""
-    if isinstance(model_or_path, onnx.ModelProto):
-        return model_or_path
-    path = Path(model_or_path)
-    if not path.is_file():
-        raise WorkbookError(f"{path}: ONNX file not found; export it first (make export) or pass a ModelProto")
-    return onnx.load(str(path), load_external_data=False)
-
-
-def op_counts(model_or_path) -> Dict[str, int]:
-    """How many nodes of each op type, in order of first appearance, e.g. {'SparseConvolution': 21, ...}."""
-    return dict(Counter(node.op_type for node in load_model(model_or_path).graph.node))
-
-
-def attributes(node: onnx.NodeProto) -> dict:
-    """A node's attributes as plain Python values (strings decoded)."""
-    values = {}
-    for attribute in node.attribute:
-        value = helper.get_attribute_value(attribute)
-        values[attribute.name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    return values
 
 
 def dims(values) -> str:
@@ -165,7 +137,7 @@ def box_svg(index: int, item: Tuple[str, str, List[str]], rows: int) -> List[str
 
 def graph_svg(model_or_path, columns: int = 0) -> str:
     """The SVG text of the graph; `columns=0` picks 1-4 columns from the number of boxes."""
-    graph = load_model(model_or_path).graph
+    graph = load_onnx(model_or_path).graph
     items = graph_items(graph)
     columns = columns or max(1, min(MAX_COLUMNS, math.ceil(len(items) / ROWS_PER_COLUMN)))
     rows = max(1, math.ceil(len(items) / columns))
@@ -185,6 +157,3 @@ def graph_svg(model_or_path, columns: int = 0) -> str:
     return "\n".join(out + ["</svg>"]) + "\n"
 
 
-def save_graph_svg(model_or_path, svg_path) -> Path:
-    """Write `graph_svg(...)` to `svg_path` atomically (a temporary file renamed into place)."""
-    return write_atomic(svg_path, graph_svg(model_or_path))
