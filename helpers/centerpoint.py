@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from helpers.config import CenterPointConfig
-from helpers.model import ResidualAdd, per_axis
+from helpers.model import SparseBasicBlock, conv_bn_relu
 
 
 class BiasedSubMConv3d(spconv.SubMConv3d):
@@ -38,44 +38,6 @@ class BiasedSubMConv3d(spconv.SubMConv3d):
         return out.replace_feature(out.features + self.bias)
 
 
-class CenterPointBlock(spconv.SparseModule):
-    """det3d's SparseBasicBlock: two biased 3x3x3 SubM convs, BatchNorm after each, a residual add.
-
-    x -> conv1 -> bn1 -> relu1 -> conv2 -> bn2 -> add(., x) -> relu
-    """
-
-    def __init__(self, channels: int, indice_key: str, cfg):
-        super().__init__()
-        bn = dict(eps=cfg.bn_eps, momentum=cfg.bn_momentum)
-        self.conv1 = BiasedSubMConv3d(channels, indice_key)
-        self.bn1 = nn.BatchNorm1d(channels, **bn)
-        self.relu1 = nn.ReLU()  # fused into conv1 before export
-        self.conv2 = BiasedSubMConv3d(channels, indice_key)
-        self.bn2 = nn.BatchNorm1d(channels, **bn)
-        self.add = ResidualAdd()
-        self.relu = nn.ReLU()  # stays a Relu node: it follows the add
-
-    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
-        identity = x.features  # [N, C]
-        out = self.conv1(x)
-        out = out.replace_feature(self.relu1(self.bn1(out.features)))
-        out = self.conv2(out)
-        out = out.replace_feature(self.bn2(out.features))
-        out = out.replace_feature(self.add(out.features, identity))
-        return out.replace_feature(self.relu(out.features))
-
-
-def conv_bn_relu(cin: int, cout: int, cfg, kernel, stride=1, padding=0, subm=False, key=""):
-    """conv (bias-free) + BatchNorm1d + ReLU as entries 0, 1, 2 of a SparseSequential.
-
-    kernel, stride and padding are given per axis in x, y, z order and put in the layout's order.
-    """
-    kind = spconv.SubMConv3d if subm else spconv.SparseConv3d
-    conv = kind(cin, cout, per_axis(kernel, cfg.layout), stride=per_axis(stride, cfg.layout),
-                padding=per_axis(padding, cfg.layout), bias=False, indice_key=key)
-    return [conv, nn.BatchNorm1d(cout, eps=cfg.bn_eps, momentum=cfg.bn_momentum), nn.ReLU()]
-
-
 class SpMiddleResNetFHD(nn.Module):
     """The SCN: voxel features [N, 5] and zyx coords [N, 4] -> BEV map [1, 256, Y / 8, X / 8]."""
 
@@ -84,15 +46,15 @@ class SpMiddleResNetFHD(nn.Module):
         self.cfg = cfg
         self.sparse_shape = cfg.sparse_shape  # [41, 1440, 1440]
         c = cfg.stage_channels  # (16, 32, 64, 128)
-        self.conv_input = spconv.SparseSequential(
-            *conv_bn_relu(cfg.in_channels, c[0], cfg, 3, padding=0, subm=True, key="res0"))
+        self.conv_input = conv_bn_relu(cfg.in_channels, c[0], cfg, 3, padding=0, subm=True, key="res0")
         for i, channels in enumerate(c):
-            layers = [] if i == 0 else conv_bn_relu(c[i - 1], channels, cfg, 3, stride=2,
-                                                    padding=cfg.down_paddings[i - 1], key=f"spconv{i + 1}")
-            layers += [CenterPointBlock(channels, f"res{i}", cfg) for _ in range(cfg.blocks_per_stage)]
+            layers = [] if i == 0 else list(conv_bn_relu(c[i - 1], channels, cfg, 3, stride=2,
+                                                         padding=cfg.down_paddings[i - 1], key=f"spconv{i + 1}"))
+            layers += [SparseBasicBlock(channels, f"res{i}", cfg, conv=BiasedSubMConv3d)
+                       for _ in range(cfg.blocks_per_stage)]  # det3d's basic block: biased convs
             self.add_module(f"conv{i + 1}", spconv.SparseSequential(*layers))
-        self.extra_conv = spconv.SparseSequential(*conv_bn_relu(
-            c[-1], cfg.output_channels, cfg, cfg.extra_kernel, stride=cfg.extra_stride, key="spconv_extra"))
+        self.extra_conv = conv_bn_relu(c[-1], cfg.output_channels, cfg, cfg.extra_kernel, stride=cfg.extra_stride,
+                                       key="spconv_extra")
 
     def forward(self, voxel_features: torch.Tensor, coors: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
         x = spconv.SparseConvTensor(voxel_features, coors, self.sparse_shape, batch_size)  # [N, 5], [N, 4]

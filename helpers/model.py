@@ -7,7 +7,7 @@ Module names follow the checkpoints (`conv_input.0`, `encoder_layers.encoder_lay
 `conv_out.0`, ...), so a BEVFusion state dict loads by name (see helpers.checkpoint).
 The same code runs on CPU and CUDA, in fp32 or fp16 (spconv 2.3.8's Native algorithm does fp16 on the CPU).
 """
-from typing import Sequence
+from typing import Callable, Sequence
 
 import spconv.pytorch as spconv
 import torch
@@ -31,20 +31,27 @@ class ResidualAdd(nn.Module):
         return branch + identity  # [N, C] + [N, C]
 
 
+def subm_conv(channels: int, indice_key: str) -> spconv.SubMConv3d:
+    """The 3x3x3 submanifold conv of a BEVFusion basic block: bias-free, a BatchNorm follows it."""
+    return spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+
+
 class SparseBasicBlock(spconv.SparseModule):
     """ResNet basic block on sparse tensors: two 3x3x3 submanifold convs and a residual add.
 
     x -> conv1 -> bn1 -> relu1 -> conv2 -> bn2 -> add(., x) -> relu
     Submanifold convs keep the active sites, so all of them share one rulebook (indice_key).
+    `conv(channels, indice_key)` makes the two convs: BEVFusion's are bias-free (subm_conv), CenterPoint's
+    carry a bias (helpers.centerpoint.BiasedSubMConv3d).
     """
 
-    def __init__(self, channels: int, indice_key: str, cfg: SCNConfig):
+    def __init__(self, channels: int, indice_key: str, cfg, conv: Callable = subm_conv):
         super().__init__()
         bn = dict(eps=cfg.bn_eps, momentum=cfg.bn_momentum)
-        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        self.conv1 = conv(channels, indice_key)
         self.bn1 = nn.BatchNorm1d(channels, **bn)
         self.relu1 = nn.ReLU()  # fused into conv1 before export (activation="ReLU")
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        self.conv2 = conv(channels, indice_key)
         self.bn2 = nn.BatchNorm1d(channels, **bn)
         self.add = ResidualAdd()
         self.relu = nn.ReLU()  # stays a Relu node: it follows the add
@@ -59,8 +66,8 @@ class SparseBasicBlock(spconv.SparseModule):
         return out.replace_feature(self.relu(out.features))
 
 
-def conv_bn_relu(cin: int, cout: int, cfg: SCNConfig, kernel, stride=1, padding=0, subm=False, key=""):
-    """A conv + BatchNorm1d + ReLU stage, named 0, 1, 2 as in BEVFusion's checkpoints."""
+def conv_bn_relu(cin: int, cout: int, cfg, kernel, stride=1, padding=0, subm=False, key=""):
+    """A conv + BatchNorm1d + ReLU stage, named 0, 1, 2 as in BEVFusion's and CenterPoint's checkpoints."""
     conv_type = spconv.SubMConv3d if subm else spconv.SparseConv3d
     conv = conv_type(cin, cout, per_axis(kernel, cfg.layout), stride=per_axis(stride, cfg.layout),
                      padding=per_axis(padding, cfg.layout), bias=False, indice_key=key)

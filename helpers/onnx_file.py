@@ -18,11 +18,12 @@ def load_onnx(model_or_path) -> onnx.ModelProto:
         return model_or_path
     path = Path(model_or_path)
     if not path.is_file():
-        raise WorkbookError(f"{path}: ONNX file not found; export it first (make export) or pass a ModelProto")
+        raise WorkbookError(f"{path}: no such file; expected an .onnx file written by python -m helpers.export")
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and friends: not an ONNX file
-        raise WorkbookError(f"{path}: not a readable ONNX model ({type(error).__name__}); export it again") from None
+        raise WorkbookError(f"{path}: not an ONNX model ({type(error).__name__}); "
+                            "expected a file written by python -m helpers.export") from None
 
 
 def attributes(node: onnx.NodeProto) -> Dict[str, Any]:

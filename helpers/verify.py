@@ -15,10 +15,10 @@ import sys
 
 from helpers.check.agree import check_file, load_reference
 from helpers.check.contract import OP_COUNTS
-from helpers.check.int8 import load
 from helpers.check.runtime import check_coords
 from helpers.errors import WorkbookError
 from helpers.model import pick_device
+from helpers.onnx_file import load_onnx
 
 
 def parse_args(argv):
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         return int(stop.code or 0)
     try:
         device = pick_device(args.device)
-        model = load(args.file)
+        model = load_onnx(args.file)
         reference = load_reference(args.tensors) if args.tensors else None
         if reference is not None and any(n.op_type == "SparseConvolution" for n in model.graph.node):
             check_coords(reference.coords, model)  # e.g. xyz rows for a zyx graph: bad input, said as such

@@ -22,6 +22,7 @@ from helpers.check.compare import compare as compare_outputs
 from helpers.check.contract import check_contract
 from helpers.errors import WorkbookError
 from helpers.files import write_atomic
+from helpers.onnx_file import load_onnx
 
 COSINE_MIN = 0.9999  # the re-runs must point the same way as PyTorch's outputs
 FLOAT_MAX_ABS = 1e-4  # and, for fp32 references, lie this close
@@ -140,7 +141,7 @@ def rerun(model, reference: Reference, mode: str, device: torch.device) -> dict:
 def check_file(path, reference: Optional[Reference] = None, op_counts: Optional[dict] = None,
                device="cpu") -> Verdict:
     """The contract check, and with a Reference the float and the int8-faithful re-runs of the file."""
-    model = executor.load(path)
+    model = load_onnx(path)
     lines, figures = [], {}
     problems = check_contract(model, op_counts=op_counts)
     lines.append(f"contract check: " + ("passed" if not problems else f"{len(problems)} problems"))

@@ -25,13 +25,13 @@ grid that the application hands the engine at run time.
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
-import onnx
 import spconv.pytorch as spconv
 import torch
 from onnx import AttributeProto, TensorProto
 
 from helpers.errors import WorkbookError
 from helpers.model import place
+from helpers.onnx_file import load_onnx
 
 MAX_BOUND = 127.0  # 8-bit signed, narrow range: -127..127
 EPSILON = 1.0 / (1 << 24)  # pytorch-quantization quantizes everything to 0 below this amax
@@ -39,19 +39,6 @@ EPSILON = 1.0 / (1 << 24)  # pytorch-quantization quantizes everything to 0 belo
 
 class NotExecutable(Exception):
     """The file cannot be executed as the engine would (a node or initializer it cannot use); names the node."""
-
-
-def load(model) -> onnx.ModelProto:
-    """An onnx.ModelProto from a path or a model; a file that is not ONNX is bad input (WorkbookError)."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        return onnx.load(str(model))
-    except FileNotFoundError:
-        raise WorkbookError(f"{model}: no such file; expected an .onnx file written by python -m helpers.export")
-    except Exception as err:  # DecodeError and friends
-        raise WorkbookError(f"{model}: not an ONNX model ({type(err).__name__}); "
-                            "expected a file written by python -m helpers.export") from None
 
 
 # ----------------------------------------------------------------------------- what the parser reads
@@ -217,7 +204,7 @@ def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = Tru
     """
     if accumulate not in ("float", "int32"):
         raise WorkbookError(f"accumulate={accumulate!r}; expected 'float' or 'int32'")
-    model = load(model)
+    model = load_onnx(model)
     graph = model.graph
     device = voxels.device
     if dtype is None:
@@ -315,7 +302,7 @@ def layer_errors(model, voxels: torch.Tensor, coords: torch.Tensor, dtype: torch
     ||int8 - float|| / ||float|| and cosine of the node's output. Errors accumulate along the graph, so a
     row shows what int8 costs up to and including that node.
     """
-    model = load(model)
+    model = load_onnx(model)
     floats = {}
     run_file(model, voxels, coords, int8=False, dtype=dtype,
              on_node=lambda node, y: floats.__setitem__(node.name, y.detach().double().flatten().cpu()))

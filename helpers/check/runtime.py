@@ -9,33 +9,23 @@ exceed `output_bound` overruns the buffer the engine sized for it. So the workbo
 """
 from typing import Dict, List, Optional, Sequence
 
-import onnx
 import torch
-from onnx import helper
 
 from helpers.errors import WorkbookError
+from helpers.onnx_file import attributes, load_onnx
 
 AXES = {"xyz": "xyz", "zyx": "zyx"}  # the coordinate columns after the batch column, per layout
 
 
-def _load(graph) -> onnx.ModelProto:
-    return graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph))
-
-
-def _attributes(node) -> dict:
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
-
-
 def graph_grid(graph) -> tuple:
     """(input grid, layout) of a saved SCN graph: the first conv's input_spatial_shape, ScatterDense's format."""
-    model = _load(graph)
+    model = load_onnx(graph)
     convs = [n for n in model.graph.node if n.op_type == "SparseConvolution"]
     dense = [n for n in model.graph.node if n.op_type == "ScatterDense"]
     if not convs:
         raise WorkbookError("the graph has no SparseConvolution node; expected an SCN graph from helpers.export")
-    layout = _attributes(dense[0]).get("format", "xyz") if dense else "xyz"
-    return list(_attributes(convs[0])["input_spatial_shape"]), layout
+    layout = attributes(dense[0]).get("format", "xyz") if dense else "xyz"
+    return list(attributes(convs[0])["input_spatial_shape"]), layout
 
 
 def check_coords_fit(coords: torch.Tensor, grid: Sequence[int], layout: str = "xyz") -> None:
@@ -73,10 +63,10 @@ def output_bound_problems(graph, active: Optional[Dict[str, int]] = None) -> Lis
     by default the counts seen while tracing are used, which the file keeps in each conv's output_shape.
     """
     problems = []
-    for node in _load(graph).graph.node:
+    for node in load_onnx(graph).graph.node:
         if node.op_type != "SparseConvolution":
             continue
-        a = _attributes(node)
+        a = attributes(node)
         bound = a.get("output_bound", 150000)  # the engine's parser uses 150000 when the attribute is missing
         voxels = (active or {}).get(node.name, (a.get("output_shape") or [0])[0])
         if voxels > bound:
