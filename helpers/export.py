@@ -155,8 +155,10 @@ def run(args) -> int:
         used = [args.points or f"scene {args.scene}"] + args.calib_points[:args.calibrate]
         scans = ", ".join(map(str, used))
         raise WorkbookError(f"{err} (calibration scans: {scans}: do they hold real points?)") from None
+    # float and fake-quant PyTorch, node by node, in fp32 with the fp32 amax the file's ranges hold: run
+    # before export_scn turns the model (amax buffers included) to fp16 for the trace
+    reference = reference_run(prepared, voxels, coords)
     result = export_scn(prepared, voxels, coords, on_node=None if args.quiet else print_node, dtype=dtype)
-    reference = reference_run(prepared, voxels, coords)  # float and fake-quant PyTorch, node by node
     outputs = {args.out: result.model.SerializeToString(deterministic=True)}
     if args.save_tensors:  # + output_int8.npy and node_stats.npz; written with the graph, all or nothing
         outputs.update({Path(args.save_tensors) / name: data for name, data in tensor_files(reference).items()})

@@ -121,7 +121,8 @@ def rerun(model, reference: Reference, mode: str, device: torch.device) -> dict:
     stats = {}
     try:
         output = executor.run_file(model, reference.voxels.to(device), reference.coords.to(device),
-                                   int8=(mode == "int8"), on_node=executor.node_stats_recorder(stats))
+                                   int8=(mode == "int8"), dtype=getattr(torch, reference.dtype),
+                                   on_node=executor.node_stats_recorder(stats))  # in PyTorch's own dtype
     except executor.NotExecutable as err:
         return dict(ok=False, cosine=0.0, max_abs=float("inf"), node=str(err).split(":")[0], error=str(err))
     expected = reference.output if mode == "float" else reference.output_int8
