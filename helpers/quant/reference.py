@@ -42,4 +42,4 @@ def reference_run(model, voxels: torch.Tensor, coords: torch.Tensor) -> Referenc
     output, float_stats = traced_stats(model, x, coords, int8=False)
     output_int8, int8_stats = traced_stats(model, x, coords, int8=True)
     return Reference(voxels.half(), coords.int(), output, output_int8, {"float": float_stats, "int8": int8_stats},
-                     str(dtype).replace("torch.", ""))
+                     str(dtype).replace("torch.", ""), voxels.device.type)
