@@ -307,7 +307,10 @@ def test_a_two_point_scan_calibrates_in_bounded_memory(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     peak_mb = float(done.stdout.split("PEAK_MB")[1])
     print(f"2-point scan, int8, default grid: peak resident memory {peak_mb:.0f} MB")
-    assert peak_mb < 1500, f"peak resident memory {peak_mb:.0f} MB"
+    # Unbounded, this run grew past 17 GB (and the child's 4 GiB address-space limit now stops a runaway
+    # first). Bounded, its peak was 0.98-1.05 GB run alone and up to 1.8 GB inside the full suite on the
+    # 2-core machine (the allocator's state varies); 2.5 GB leaves room for that and still catches growth.
+    assert peak_mb < 2500, f"peak resident memory {peak_mb:.0f} MB"
 
 
 def test_outputs_follow_the_umask_and_keep_a_replaced_files_mode(tmp_path, capsys, scan):
