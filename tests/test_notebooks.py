@@ -3,21 +3,15 @@
 Convention: the LAST code cell of every notebook prints one line `RESULTS {json}` with the notebook's
 key figures; these tests parse that line and check the figures.
 """
-import importlib.util
 import json
 
 import nbformat
 import pytest
 
 from tests.conftest import ROOT
+from tests.exercise_support import editions, runner  # tools/execute_notebooks.py and tools/editions.py
 
 NOTEBOOKS = ROOT / "notebooks"
-spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "tools" / "execute_notebooks.py")
-runner = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(runner)
-spec = importlib.util.spec_from_file_location("editions", ROOT / "tools" / "editions.py")
-editions = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(editions)
 
 TOY_OPS = ["Conv", "Relu", "Conv", "Add", "Relu", "Transpose", "Reshape", "Gemm", "Reshape"]
 
