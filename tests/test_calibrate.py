@@ -141,9 +141,7 @@ def test_bins_merge_exactly():
 
 def test_collect_on_a_gpu_waits_for_nothing_until_the_scan_ends(monkeypatch):
     """On a GPU, collect() queues |x| and its max; the counts come in flush_all, with one host read."""
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # take the GPU path on the CPU
-    monkeypatch.setattr(torch, "histc", lambda a, bins, lo, hi: torch.bincount(
-        (a / (hi / bins)).to(torch.int64).clamp(0, bins - 1).flatten(), minlength=bins).double())
+    gpu_path_on_the_cpu(monkeypatch)
     c = C.HistogramCollector()
     reads = []
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
@@ -159,6 +157,35 @@ def test_collect_on_a_gpu_waits_for_nothing_until_the_scan_ends(monkeypatch):
     monkeypatch.undo()
     assert c.bad and float(c.hist.sum()) == 3200  # the NaN tensor is not counted: its amax is NaN
     assert math.isnan(float(c.compute_amax("mse")))
+
+
+def gpu_path_on_the_cpu(monkeypatch):
+    """Tensors claim to be on a GPU, and histc counts as the CUDA one does (values outside lo..hi skipped)."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+
+    def histc(a, bins, lo, hi):
+        a = a[(a >= lo) & (a <= hi)]
+        return torch.bincount((a / (hi / bins)).to(torch.int64).clamp(0, bins - 1), minlength=bins).float()
+    monkeypatch.setattr(torch, "histc", histc)
+
+
+def test_zeros_counted_apart_on_a_gpu_give_the_same_histogram(monkeypatch):
+    """The GPU path counts exact zeros with a sum, not in histc: the histogram must not change."""
+    torch.manual_seed(0)
+    tensors = [torch.relu(torch.randn(500, 16)), torch.relu(torch.randn(300, 16) * 3), torch.zeros(40, 16)]
+    assert all(float((t == 0).float().mean()) > 0.4 for t in tensors)  # post-ReLU: many exact zeros
+    cpu = C.HistogramCollector()
+    for t in tensors:
+        cpu.collect(t)
+    gpu_path_on_the_cpu(monkeypatch)
+    gpu = C.HistogramCollector()
+    for t in tensors:
+        gpu.collect(t)
+    C.flush_all([gpu])
+    monkeypatch.undo()
+    zeros = sum(int((t == 0).sum()) for t in tensors)
+    assert zeros <= float(gpu.hist[0]) < zeros + 100  # bin 0: the zeros and the few values below one width
+    assert torch.equal(gpu.hist, cpu.hist) and gpu.width == cpu.width
 
 
 def prepared_scn(cfg):

@@ -24,7 +24,9 @@ from helpers.data.voxelize import voxelize
 from helpers.export import main
 from helpers.model import build_scn, place
 from helpers.pipeline import export_scn, prepare_scn
+from helpers.quant import calibrate as C
 from helpers.quant.cost import int8_cost
+from helpers.quant.modules import named_quantizers
 from helpers.quant.precision import quantizers_disabled
 from helpers.quant.reference import reference_run
 from helpers.verify import main as verify
@@ -84,6 +86,41 @@ def test_forward_fp32_and_fp16_on_gpu():
         print(f"\nforward {name} ({len(voxels)} voxels): fp32 {ms32:.1f} ms (vs CPU max abs {d32['max_abs']:.2e}), "
               f"fp16 {ms16:.1f} ms (cosine vs CPU fp32 {d16['cosine']:.6f})")
         assert d32["cosine"] > 0.99999 and d16["cosine"] > 0.999
+
+
+def test_gpu_histograms_equal_the_cpu_ones():
+    """Counted on the second CUDA stream, zeros apart, bins merging, scans overlapping: the CPU's counts."""
+    torch.manual_seed(0)
+    cpu, gpu = C.HistogramCollector(), C.HistogramCollector()
+    for scan in range(3):
+        for scale in (1, 3, 40):  # 40: past the last bin of the first width, so bins merge mid-run
+            t = torch.relu(torch.randn(200_000, 16) * scale)  # half exact zeros
+            cpu.collect(t)
+            gpu.collect(t.to(CUDA))
+        C.flush_all([gpu], wait=False)  # as calibrate does between scans
+    total = float(cpu.hist.sum())
+    moved = float((gpu.hist.cpu() - cpu.hist).abs().sum())  # values on a bin edge may round the other way
+    print(f"\nGPU vs CPU histogram: {total:.0f} values, {moved:.0f} in another bin, width {gpu.width:.3g}")
+    assert float(gpu.hist.sum()) == total and moved <= 1e-5 * total and gpu.width == cpu.width > cpu.first_width
+    for method in C.METHODS:  # the same candidate, or its neighbour where the error curve is flat
+        assert abs(float(gpu.compute_amax(method)) - float(cpu.compute_amax(method))) <= gpu.width, method
+
+
+def test_calibration_on_gpu_equals_cpu():
+    """calibrate() on the GPU (counting overlapped with the next scan) and on the CPU: the same amax."""
+    cfg = get_config()
+    points = scans()[-1][1]
+    batches = [voxelize(torch.from_numpy(p), cfg) for p in (points, make_scene("default", seed=1))]
+    models = {}
+    for device in ("cpu", "cuda"):
+        on = [(v.to(device), c.to(device)) for v, c in batches]
+        models[device] = prepare_scn(place(build_scn(cfg), device), on * 2, int8=True, progress=False)
+    worst = 0.0
+    for (path, kind, a), (_, _, b) in zip(named_quantizers(models["cpu"]), named_quantizers(models["cuda"])):
+        relative = float(((b.amax.cpu() - a.amax).abs() / a.amax).max())
+        worst = max(worst, relative)
+        assert relative < 1e-3, (path, kind)
+    print(f"\ncalibration GPU vs CPU: largest relative amax difference {worst:.2e}")
 
 
 def test_int8_cost_and_fp16_export_on_gpu(tmp_path):
