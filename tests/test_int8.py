@@ -10,7 +10,7 @@ from pytorch_quantization.nn import TensorQuantizer
 from pytorch_quantization.tensor_quant import QuantDescriptor, fake_tensor_quant
 
 from helpers.check import int8 as executor
-from helpers.check.agree import compare
+from helpers.check.agree import check_file, compare
 from helpers.config import get_config
 from helpers.data.points import read_points
 from helpers.data.scene import make_scene
@@ -192,3 +192,42 @@ def test_layer_error_chart_labels_the_fp16_layer():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv0", "conv1", "add0"]
     assert [t.get_text() for t in ax.texts] == ["0\n(fp16 input)"]
+
+
+# --- what int8 costs, node by node, and the re-runs' outputs kept by check_file ---
+
+def test_layer_errors_come_from_check_files_own_runs(small):
+    """check_file(on_node=LayerErrors.record) gives layer_errors' rows without running the file again, each row
+    the node's float and int8 outputs compared by hand; Verdict.outputs are the re-runs' outputs."""
+    model, reference = small
+    errors, seen = executor.LayerErrors(), {"float": {}, "int8": {}}
+
+    def both(mode, node, y):
+        errors.record(mode, node, y)
+        seen[mode][node.name] = y.detach().double().flatten().numpy().copy()
+    verdict = check_file(model, reference, on_node=both)
+    assert verdict.code == 0 and len(errors.rows) == len(model.graph.node) == 40
+    assert errors.rows == executor.layer_errors(model, reference.voxels.float(), reference.coords)  # two more runs
+    for row in errors.rows:
+        a, b = seen["float"][row["node"]], seen["int8"][row["node"]]
+        assert row["relative_error"] == pytest.approx(np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-9, abs=0)
+        assert row["cosine"] == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), rel=1e-12)
+    assert errors.rows[0]["precision"] == "fp16" and errors.rows[0]["relative_error"] == 0  # conv0 reads fp16
+    assert errors.rows[1]["relative_error"] > 0 and errors.rows[-1]["relative_error"] > 0  # conv1 on: int8
+    for mode in ("float", "int8"):
+        alone = executor.run_file(model, reference.voxels.float(), reference.coords, int8=(mode == "int8"))
+        assert torch.equal(verdict.outputs[mode], alone)
+
+
+def test_compare_agrees_with_numpy():
+    g = torch.Generator().manual_seed(2)
+    a = torch.relu(torch.randn(1, 8, 30, 30, generator=g))
+    b = a + 0.01 * torch.randn(a.shape, generator=g)
+    x, y = a.double().numpy().ravel(), b.double().numpy().ravel()
+    figures = compare(a, b)
+    assert figures["cosine"] == pytest.approx(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), rel=1e-12)
+    assert figures["max_abs"] == np.abs(x - y).max()
+    assert compare(a, a)["cosine"] == pytest.approx(1.0, abs=1e-15) and compare(a, a)["max_abs"] == 0.0
+    assert compare(a, -a)["cosine"] == pytest.approx(-1.0, abs=1e-15)
+    zeros = torch.zeros_like(a)
+    assert compare(zeros, zeros)["cosine"] == 1.0 and compare(zeros, a)["cosine"] == 0.0

@@ -2,6 +2,7 @@
 
     check_file(path, reference=None)   contract check; with a Reference also the float and the
                                        int8-faithful re-runs of the file, each against PyTorch
+                                       (their outputs stay in Verdict.outputs)
     save_reference(folder, reference)  what export --save-tensors writes
     load_reference(folder)             and reads back (python -m helpers.verify FILE --tensors DIR)
 
@@ -12,7 +13,7 @@ disagreement is traced to the first node where the file and PyTorch part.
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ class Verdict:
     code: int  # 0: every check agrees; 1: something disagrees
     lines: List[str]  # what to print, one finding per line
     figures: Dict[str, dict] = field(default_factory=dict)  # "float"/"int8" -> {"cosine", "max_abs", "node"}
+    outputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # "float"/"int8" -> the file's re-run output
 
 
 def tensor_files(reference: Reference) -> Dict[str, bytes]:
@@ -122,15 +124,24 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor) -> Dict[str, float
     return compare_outputs(reference.detach().cpu(), candidate.detach().cpu())
 
 
-def rerun(model, reference: Reference, mode: str, device: torch.device) -> dict:
-    """One re-run of the file ("float" or "int8") against PyTorch: figures, agreement, first differing node."""
+def rerun(model, reference: Reference, mode: str, device: torch.device, on_node: Optional[Callable] = None) -> dict:
+    """One re-run of the file ("float" or "int8") against PyTorch: figures, agreement, first differing node,
+    and the re-run's output ("output"; None when the file cannot run). `on_node(mode, node, output)` also
+    sees every node's output."""
     stats = {}
+    record = executor.node_stats_recorder(stats)
+
+    def each_node(node, output):
+        record(node, output)
+        if on_node is not None:
+            on_node(mode, node, output)
     try:
         output = executor.run_file(model, reference.voxels.to(device), reference.coords.to(device),
                                    int8=(mode == "int8"), dtype=getattr(torch, reference.dtype),
-                                   on_node=executor.node_stats_recorder(stats))  # in PyTorch's own dtype
+                                   on_node=each_node)  # in PyTorch's own dtype
     except executor.NotExecutable as err:
-        return dict(ok=False, cosine=0.0, max_abs=float("inf"), node=str(err).split(":")[0], error=str(err))
+        return dict(ok=False, cosine=0.0, max_abs=float("inf"), node=str(err).split(":")[0], error=str(err),
+                    output=None)
     expected = reference.output if mode == "float" else reference.output_int8
     figures = compare(expected, output)
     ok = figures["cosine"] >= COSINE_MIN
@@ -144,14 +155,15 @@ def rerun(model, reference: Reference, mode: str, device: torch.device) -> dict:
     if first is not None:
         ok = False
     return dict(ok=ok, node=first["node"] if first else None, detail=first,
-                checked_nodes=bool(reference.stats.get(mode)), **figures)
+                checked_nodes=bool(reference.stats.get(mode)), output=output, **figures)
 
 
 def check_file(path, reference: Optional[Reference] = None, op_counts: Optional[dict] = None,
-               device="cpu") -> Verdict:
-    """The contract check, and with a Reference the float and the int8-faithful re-runs of the file."""
+               device="cpu", on_node: Optional[Callable] = None) -> Verdict:
+    """The contract check, and with a Reference the float and the int8-faithful re-runs of the file (float
+    first); `on_node(mode, node, output)` sees every node's output of both, e.g. LayerErrors.record."""
     model = load_onnx(path)
-    lines, figures = [], {}
+    lines, figures, outputs = [], {}, {}
     problems = check_contract(model, op_counts=op_counts)
     lines.append(f"contract check: " + ("passed" if not problems else f"{len(problems)} problems"))
     lines += [f"  - {p}" for p in problems]
@@ -159,7 +171,8 @@ def check_file(path, reference: Optional[Reference] = None, op_counts: Optional[
     if reference is not None:
         device = torch.device(device)
         for mode, against in (("float", "the PyTorch output"), ("int8", "the fake-quant PyTorch output")):
-            r = rerun(model, reference, mode, device)
+            r = rerun(model, reference, mode, device, on_node)
+            outputs[mode] = r.pop("output")
             figures[mode] = r
             ok = ok and r["ok"]
             if "error" in r:
@@ -174,4 +187,4 @@ def check_file(path, reference: Optional[Reference] = None, op_counts: Optional[
                              f"difference {d['relative']:.3g} in its channel sums)")
             elif not r["checked_nodes"]:
                 lines.append("  (no node_stats.npz: the differing node cannot be named)")
-    return Verdict(0 if ok else 1, lines, figures)
+    return Verdict(0 if ok else 1, lines, figures, outputs)

@@ -2,6 +2,7 @@
 
 The one comparison of the workbook: fake int8 against float, the file's re-run against PyTorch, GPU against CPU.
 """
+import math
 from typing import Dict
 
 import torch
@@ -14,8 +15,9 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> Dict[str, float]:
     if a.shape != b.shape:
         raise WorkbookError(f"cannot compare outputs of shapes {list(a.shape)} and {list(b.shape)}")
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
-    if a.norm() == 0 and b.norm() == 0:
-        cosine = 1.0
+    aa, bb = float(torch.dot(a, a)), float(torch.dot(b, b))  # three dot products: a third of cosine_similarity's time
+    if aa == 0 or bb == 0:
+        cosine = float(aa == bb)  # two all-zero outputs point the same way; one all-zero output does not
     else:
-        cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+        cosine = max(-1.0, min(1.0, float(torch.dot(a, b)) / math.sqrt(aa * bb)))
     return {"cosine": cosine, "max_abs": float((a - b).abs().max()) if a.numel() else 0.0}

@@ -295,27 +295,40 @@ def first_difference(reference: Dict[str, np.ndarray], candidate: Dict[str, np.n
 
 
 # ----------------------------------------------------------------------------- what int8 costs, node by node
-def layer_errors(model, voxels: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype = None) -> List[dict]:
-    """Run the file in float, then in int8, and compare each node's output: one row per node.
+class LayerErrors:
+    """What int8 costs at each node, from two runs of the file: `record(mode, node, output)` is fed every node's
+    output of the float run ("float"), then of the int8 run ("int8"); `rows` grows by one row per int8 node.
 
     Each row: node, op, precision (of the node's input, "" where the op has none), relative RMS error
     ||int8 - float|| / ||float|| and cosine of the node's output. Errors accumulate along the graph, so a
-    row shows what int8 costs up to and including that node.
+    row shows what int8 costs up to and including that node. check_file(..., on_node=errors.record) feeds
+    it from the file's own re-runs, so the chart costs no extra run.
     """
-    model = load_onnx(model)
-    floats = {}
-    run_file(model, voxels, coords, int8=False, dtype=dtype,
-             on_node=lambda node, y: floats.__setitem__(node.name, y.detach().double().flatten().cpu()))
-    rows = []
 
-    def compare_node(node, y):
-        a, b = floats.pop(node.name), y.detach().double().flatten().cpu()
-        norm = float(a.norm())
-        rows.append(dict(node=node.name, op=node.op_type, precision=string(node, "precision"),
-                         relative_error=float((b - a).norm()) / norm if norm > 0 else 0.0,
-                         cosine=float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if norm > 0 else 1.0))
-    run_file(model, voxels, coords, int8=True, dtype=dtype, on_node=compare_node)
-    return rows
+    def __init__(self):
+        self.floats: Dict[str, torch.Tensor] = {}  # node -> its float output (flat, float64, on the CPU)
+        self.rows: List[dict] = []
+
+    def record(self, mode: str, node, y: torch.Tensor):
+        y = y.detach().double().flatten().cpu()
+        if mode == "float":
+            self.floats[node.name] = y
+            return
+        a = self.floats.pop(node.name)
+        norm, norm_y = float(a.norm()), float(y.norm())
+        cosine = float(torch.dot(a, y)) / (norm * norm_y) if norm > 0 and norm_y > 0 else float(norm == norm_y)
+        self.rows.append(dict(node=node.name, op=node.op_type, precision=string(node, "precision"),
+                              relative_error=float((y - a).norm()) / norm if norm > 0 else 0.0, cosine=cosine))
+
+
+def layer_errors(model, voxels: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype = None) -> List[dict]:
+    """Run the file in float, then in int8, and compare each node's output: one LayerErrors row per node."""
+    model = load_onnx(model)
+    errors = LayerErrors()
+    for mode in ("float", "int8"):
+        run_file(model, voxels, coords, int8=(mode == "int8"), dtype=dtype,
+                 on_node=lambda node, y, mode=mode: errors.record(mode, node, y))
+    return errors.rows
 
 
 def accumulation_rows(model, voxels: torch.Tensor, coords: torch.Tensor) -> List[dict]:
