@@ -31,9 +31,10 @@ def make_client(nb: nbformat.NotebookNode, timeout: int = 600, allow_errors: boo
 
 
 def kernel_env(profile: str) -> dict:
-    """This process's environment plus SCN_PROFILE, and the repository on PYTHONPATH (for `import helpers`)."""
+    """This process's environment plus SCN_PROFILE, and the repository on PYTHONPATH (for `import helpers`).
+    OMP_WAIT_POLICY passes through when set (the tests set PASSIVE); otherwise notebook 03 picks it by load."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
+    return {**os.environ, "SCN_PROFILE": profile, "PYTHONPATH": path}
 
 
 def execute_notebook(path, out_dir, profile: str = "default", timeout: int = 600,

@@ -103,7 +103,7 @@ def histograms(recorder: StageRecorder, amax_rows: List[dict], columns: int = 3)
     fig, axes = stage_panels(len(stages), columns, 3)
     for ax, s in zip(axes, stages):
         amax = next_conv_amax(recorder, s, amax_rows)
-        ax.hist(s.values, bins=80, color="#6aa84f", log=True)
+        ax.hist(s.values, bins=80, color="#6aa84f", log=True, histtype="stepfilled")  # one polygon: quick to draw
         title = f"{short_stage(s.stage)} ({s.node})"
         if amax is not None:
             for x in (-amax, amax):
