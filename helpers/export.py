@@ -11,10 +11,12 @@ check the file as python -m helpers.verify does: the contract, and re-runs from 
 and in int8.
 """
 import argparse
+import os
 import sys
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List
 
@@ -43,20 +45,26 @@ def load_batches(args, cfg: SCNConfig, device) -> List:
         sources = [f"scene:{args.scene}:0"] + args.calib_points[:args.calibrate]
     else:  # synthetic scenes, one per seed
         sources = [f"scene:{args.scene}:{seed}" for seed in range(args.calibrate)]
-    batches = []
-    if not args.quiet and len(sources) >= 4:  # many scans take a while: show progress (a terminal bar)
-        from tqdm import tqdm
-        sources = tqdm(sources, desc="reading scans")
-    for source in sources:
+    def points_of(source):
         if source.startswith("scene:"):
             _, name, seed = source.split(":")
-            points = make_scene(name, seed=int(seed))
-        else:
-            points = read_points(source, columns=args.columns)
-        try:
-            batches.append(voxelize(torch.from_numpy(points).to(device), cfg))
-        except WorkbookError as err:  # say which scan had no point in range
-            raise WorkbookError(f"{source}: {err}") from None
+            return make_scene(name, seed=int(seed))
+        return read_points(source, columns=args.columns)
+
+    batches = []
+    # the scans are read (or ray-cast) in worker threads, numpy and file reads leave the interpreter lock, while
+    # this thread voxelizes the ones that are ready (on a GPU its first use, CUDA's start-up, overlaps them too);
+    # each scene has its own seed, so the scans are the same in any order
+    with ThreadPoolExecutor(max_workers=min(4, len(sources), os.cpu_count() or 1)) as pool:
+        scans = zip(sources, pool.map(points_of, sources))  # in order; a reading error is raised here
+        if not args.quiet and len(sources) >= 4:  # many scans take a while: show progress (a terminal bar)
+            from tqdm import tqdm
+            scans = tqdm(scans, total=len(sources), desc="reading scans")
+        for source, points in scans:
+            try:
+                batches.append(voxelize(torch.from_numpy(points).to(device), cfg))
+            except WorkbookError as err:  # say which scan had no point in range
+                raise WorkbookError(f"{source}: {err}") from None
     return batches
 
 

@@ -102,8 +102,8 @@ def test_gpu_histograms_equal_the_cpu_ones():
     moved = float((gpu.hist.cpu() - cpu.hist).abs().sum())  # values on a bin edge may round the other way
     print(f"\nGPU vs CPU histogram: {total:.0f} values, {moved:.0f} in another bin, width {gpu.width:.3g}")
     assert float(gpu.hist.sum()) == total and moved <= 1e-5 * total and gpu.width == cpu.width > cpu.first_width
-    for method in C.METHODS:  # the same candidate, or its neighbour where the error curve is flat
-        assert abs(float(gpu.compute_amax(method)) - float(cpu.compute_amax(method))) <= gpu.width, method
+    for method in C.METHODS:  # the same bin, or its neighbour: the GPU sums the cumulative counts in another order
+        assert abs(float(gpu.compute_amax(method)) - float(cpu.compute_amax(method))) <= 1.001 * gpu.width, method
 
 
 def test_calibration_on_gpu_equals_cpu():
