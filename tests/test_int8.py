@@ -231,3 +231,15 @@ def test_compare_agrees_with_numpy():
     assert compare(a, -a)["cosine"] == pytest.approx(-1.0, abs=1e-15)
     zeros = torch.zeros_like(a)
     assert compare(zeros, zeros)["cosine"] == 1.0 and compare(zeros, a)["cosine"] == 0.0
+
+
+def test_channel_stats_agree_with_numpy_on_sparse_features_and_a_mostly_empty_map():
+    g = torch.Generator().manual_seed(3)
+    features = torch.relu(torch.randn(500, 16, generator=g))  # [N, C]
+    bev = torch.zeros(1, 8, 20, 20)
+    bev[0, :, 3:5, 7] = torch.randn(8, 2, generator=g)  # a few cells of a dense [1, C, H, W] map
+    bev[0, 2, 0, 0] = float("nan")  # NaN is not skipped with the zeros
+    for tensor, axes in ((features, 0), (bev, (0, 2, 3))):
+        x = tensor.double().numpy()
+        expected = np.stack([x.sum(axis=axes), (x * x).sum(axis=axes)])
+        np.testing.assert_allclose(executor.channel_stats(tensor), expected, rtol=1e-12, atol=0)

@@ -263,8 +263,9 @@ def channel_stats(tensor: torch.Tensor) -> np.ndarray:
     A few numbers per node that the exporter can save beside the output: enough to find the first node
     where two runs part, without saving every node's tensor.
     """
-    t = tensor.detach().double()
-    t = t.transpose(0, 1).reshape(t.shape[1], -1)  # [C, everything else]
+    t = tensor.detach()
+    t = t.transpose(0, 1).reshape(t.shape[1], -1)  # [C, everything else]: a view for a dense [1, C, ...] map
+    t = t[:, t.ne(0).any(0)].double()  # zeros add nothing to either sum: a dense BEV map is mostly empty cells
     return torch.stack([t.sum(1), (t * t).sum(1)]).cpu().numpy()
 
 
@@ -310,11 +311,13 @@ class LayerErrors:
         self.rows: List[dict] = []
 
     def record(self, mode: str, node, y: torch.Tensor):
-        y = y.detach().double().flatten().cpu()
+        y = y.detach().flatten().cpu()
         if mode == "float":
-            self.floats[node.name] = y
+            self.floats[node.name] = y.clone()
             return
         a = self.floats.pop(node.name)
+        both_zero = a.eq(0) & y.eq(0)  # add nothing to any sum below: a dense BEV map is mostly empty cells
+        a, y = a[~both_zero].double(), y[~both_zero].double()
         norm, norm_y = float(a.norm()), float(y.norm())
         cosine = float(torch.dot(a, y)) / (norm * norm_y) if norm > 0 and norm_y > 0 else float(norm == norm_y)
         self.rows.append(dict(node=node.name, op=node.op_type, precision=string(node, "precision"),
