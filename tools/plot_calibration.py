@@ -6,6 +6,7 @@
 Each JSON file is one line: its measured points and the fitted line fixed + n x per-scan, with a
 dotted line of slope 1.5 x (CPU) or 2 x (GPU) the plain forward, the per-scan targets. GPU runs are
 drawn in wall time, CPU runs in CPU time (on a shared CPU the wall clock measures the other users).
+Both axes are logarithmic: the GPU's tenths of a second and the CPU's tens of seconds share the plot.
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "calibration"  # the same figures give the same file
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(9.6, 4.0))
     for path in args.runs:
         f = json.loads(Path(path).read_text())
         gpu = f["device"] != "cpu"
@@ -35,19 +36,20 @@ def main(argv=None) -> int:
         ns, ts = [n for n, _ in points], [t for _, t in points]
         clock = "wall time" if gpu else f"CPU time, {f['torch_threads']} thread"
         line, = ax.plot(ns, ts, "o", label=f"{f['device']}, {f['dtype']}, {f['voxels']:,} voxels ({clock})")
-        top = max(ns)
-        ax.plot([0, top], [fixed, fixed + per_scan * top], "-", color=line.get_color(), lw=1,
+        n = [1 + (max(ns) - 1) * i / 63 for i in range(64)]  # curves on log axes
+        ax.plot(n, [fixed + per_scan * k for k in n], "-", color=line.get_color(), lw=1,
                 label=f"  fit: {fixed:.2f} s + n x {per_scan * 1e3:.0f} ms")
         factor = 2.0 if gpu else 1.5
-        ax.plot([0, top], [fixed, fixed + factor * forward * top], ":", color=line.get_color(), lw=1,
+        ax.plot(n, [fixed + factor * forward * k for k in n], ":", color=line.get_color(), lw=1,
                 label=f"  target slope: {factor:g} x forward ({forward * 1e3:.0f} ms)")
     ax.set_xlabel("calibration scans")
     ax.set_ylabel("calibration time (s)")
     ax.set_title("Calibration time against the number of scans (python -m helpers.bench)", fontsize=9)
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not on the lines
     fig.tight_layout()
     fig.savefig(args.out, metadata={"Date": None})
     print(f"wrote {args.out}")
