@@ -20,26 +20,12 @@ from tests.browser_support import (CELL, CHROMIUM, CHROMIUM_ARGS, STDOUT_OUTPUT,
                                    require_chromium)
 from tests.conftest import ROOT
 from tests.exercise_support import CHECK_CALL, editions
+from tests.test_exercises import WRONG_01
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 STEM = "01_hooks"
 EXERCISE = 2
-WRONG_ANSWER = '''# Exercise 2: patch a method and restore it exactly
-@contextlib.contextmanager
-def count_calls(owner, name):
-    counter = {"calls": 0}
-    original = getattr(owner, name)
-
-    def wrapper(*args, **kwargs):
-        counter["calls"] += 1
-        return original(*args, **kwargs)
-
-    setattr(owner, name, wrapper)
-    try:
-        yield counter
-    finally:
-        setattr(owner, name, original)  # put the old method back
-'''
+WRONG_ANSWER = "# Exercise 2: patch a method and restore it exactly" + WRONG_01[EXERCISE][0][0]  # restored by assignment
 
 
 def cell_index(nb, pattern: str) -> int:

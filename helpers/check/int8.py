@@ -29,6 +29,7 @@ import spconv.pytorch as spconv
 import torch
 from onnx import AttributeProto, TensorProto
 
+from helpers.check.compare import compare
 from helpers.errors import WorkbookError
 from helpers.model import place
 from helpers.onnx_file import load_onnx
@@ -316,12 +317,12 @@ class LayerErrors:
             self.floats[node.name] = y.clone()
             return
         a = self.floats.pop(node.name)
-        both_zero = a.eq(0) & y.eq(0)  # add nothing to any sum below: a dense BEV map is mostly empty cells
-        a, y = a[~both_zero].double(), y[~both_zero].double()
-        norm, norm_y = float(a.norm()), float(y.norm())
-        cosine = float(torch.dot(a, y)) / (norm * norm_y) if norm > 0 and norm_y > 0 else float(norm == norm_y)
+        keep = a.ne(0) | y.ne(0)  # where both are zero nothing adds to a norm: a dense BEV map is mostly empty cells
+        a, y = a[keep].double(), y[keep].double()
+        norm = float(a.norm())
         self.rows.append(dict(node=node.name, op=node.op_type, precision=string(node, "precision"),
-                              relative_error=float((y - a).norm()) / norm if norm > 0 else 0.0, cosine=cosine))
+                              relative_error=float((y - a).norm()) / norm if norm > 0 else 0.0,
+                              cosine=compare(a, y)["cosine"]))
 
 
 def layer_errors(model, voxels: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype = None) -> List[dict]:

@@ -141,7 +141,9 @@ def flush_all(collectors: Sequence[HistogramCollector], wait: bool = True):
             for (c, a, _), top in zip(jobs, tops):
                 c._count(a, top)
         else:
-            side = _COUNTING_STREAMS.setdefault(device, torch.cuda.Stream(device))
+            if device not in _COUNTING_STREAMS:
+                _COUNTING_STREAMS[device] = torch.cuda.Stream(device)
+            side = _COUNTING_STREAMS[device]
             side.wait_stream(torch.cuda.current_stream(device))  # the queued |x| copies are complete
             with torch.cuda.stream(side):
                 for (c, a, _), top in zip(jobs, tops):
