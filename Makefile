@@ -1,18 +1,25 @@
-# Two commands do everything: `make run` and `make test` (see README.md).
+# Two commands do everything: `make run` and `make test` (see README.md, Install).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# How torch is installed (tools/install.sh): auto (a CUDA build where nvidia-smi lists a GPU, else the CPU build),
+# cpu, cuda, or system (keep the torch $(PYTHON) already has). TORCH_CPU_INDEX: where the CPU build comes from.
+TORCH  ?= auto
+export PYTHON VENV TORCH TORCH_CPU_INDEX
 
-.PHONY: run test lab bench export notebooks student slides web-assets system-deps lock clean
+.PHONY: run test lab bench export notebooks student slides web-assets system-deps install doctor lock clean
 
-$(STAMP): requirements.lock pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+$(STAMP): requirements.lock requirements-torch-cuda.lock pyproject.toml tools/install.sh
+	bash tools/install.sh
+
+## install: (re)install .venv by the torch rule, e.g. `make install TORCH=system` in NVIDIA's PyTorch container
+install:
+	bash tools/install.sh
+
+## doctor: what was found (Python, torch and its CUDA, spconv, the GPU and driver) and what the workbook will use
+doctor: $(STAMP)
+	$(PY) -m helpers.doctor
 
 ## run: export build/scn.onnx from the built-in synthetic scene, then execute the notebooks into build/
 run: export notebooks
@@ -51,7 +58,7 @@ bench: $(STAMP)
 system-deps:
 	@bash tools/install-system-deps.sh
 
-## lock: regenerate requirements.lock (uv, with hashes) and environment.yml from pyproject.toml; see tools/lock.sh
+## lock: regenerate requirements.lock and requirements-torch-cuda.lock (uv, hashes, Python 3.10-3.13) and environment.yml
 lock:
 	bash tools/lock.sh
 

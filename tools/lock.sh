@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Regenerate requirements.lock from pyproject.toml (runtime dependencies plus the `test` extra) with uv,
-# then environment.yml from the lock. Every version the lock pins now is kept: the lock itself is the
-# constraint, so a new dependency is added at a version that fits and nothing else moves.
-#   tools/lock.sh                 # needs uv (pip install uv==0.13.8 into any venv; UV=/path/to/uv)
-# torch is the CPU build, 2.13.0+cpu, from this machine's wheel folder (/opt/wheels, also on pip's
-# find-links here); resolving against it keeps the CUDA-only packages of PyPI's torch out of the lock.
+# Regenerate the locks from pyproject.toml (runtime dependencies, the `test` extra) and tools/lock/extra.in
+# with uv, with hashes, for every supported Python (3.10-3.13) at once (uv's universal resolution), from the
+# public index only, then split them (tools/locks.py) and derive environment.yml (tools/environment_yml.py).
+# Every version the locks pin now is kept (uv prefers the pins of the file it writes): a new dependency is
+# added at a version that fits and nothing else moves; `UPGRADE=1 tools/lock.sh` lets everything move.
+#   tools/lock.sh       # needs uv: .venv/bin/uv once `make install` ran (the test extra pins it), or UV=/path/to/uv
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV=${UV:-uv}
-WHEELS=${WHEELS:-/opt/wheels}
-"$UV" pip compile pyproject.toml --extra test --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
-    --constraint requirements.lock --find-links "$WHEELS" --generate-hashes \
-    --custom-compile-command "tools/lock.sh" --output-file requirements.lock.new
-mv requirements.lock.new requirements.lock
+UV=${UV:-.venv/bin/uv}
+[ -x "$UV" ] || UV=uv
+INDEX=${INDEX:-https://pypi.org/simple}
+all=$(mktemp --suffix=.txt)
+trap 'rm -f "$all"' EXIT
+[ "${UPGRADE:-0}" = 1 ] || python3 tools/locks.py join > "$all"
+"$UV" pip compile --no-config --no-python-downloads --universal --python-version 3.10 \
+    pyproject.toml tools/lock/extra.in --extra test --generate-hashes --index-url "$INDEX" \
+    --custom-compile-command "tools/lock.sh" --output-file "$all"
+python3 tools/locks.py split "$all"
 python3 tools/environment_yml.py > environment.yml
