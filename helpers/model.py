@@ -14,8 +14,9 @@ import torch
 from spconv.core import ConvAlgo
 from torch import nn
 
-from helpers.config import SCNConfig, VoxelGrid
+from helpers.config import SCNConfig
 from helpers.errors import WorkbookError
+from helpers.layout import network_layout
 
 
 def per_axis(value, layout: str):
@@ -110,10 +111,8 @@ class SparseEncoder(nn.Module):
 
 
 def layout_of(model: nn.Module) -> str:
-    """'xyz' or 'zyx', the order of the voxel coordinates: a network built from a grid config (BEVFusion's,
-    CenterPoint's) knows it; any other network is taken as xyz."""
-    cfg = getattr(model, "cfg", None)
-    return cfg.layout if isinstance(cfg, VoxelGrid) else "xyz"
+    """'xyz' or 'zyx', the order of the voxel coordinates, as the network itself says (helpers.layout)."""
+    return network_layout(model)
 
 
 def network_class(cfg) -> type:
