@@ -98,7 +98,9 @@ def parse_args(argv):
                    "4 KITTI")
     p.add_argument("--scene", default="default", choices=sorted(SCENES), help="synthetic scene size")
     p.add_argument("--network", default="bevfusion", choices=sorted(NETWORKS), help="which SCN (default bevfusion)")
-    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint checkpoint (.pth); default: random weights")
+    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint / OpenPCDet checkpoint (.pth): a state dict, or a "
+                   "pickled whole model (read without running it; its calibrated _amax ranges are used as they "
+                   "are); default: random weights")
     p.add_argument("--grid", choices=sorted(PRESETS), help="voxel grid preset (default: the network's own)")
     p.add_argument("--precision", default="int8", choices=("int8", "fp16"), help="layer precision in the graph")
     p.add_argument("--dtype", choices=("fp32", "fp16"), help="what the trace computes in: default fp16 on CUDA, "

@@ -19,7 +19,7 @@ from helpers.errors import WorkbookError
 from helpers.files import save_atomic
 from helpers.layout import check_input_fits, network_layout
 from helpers.model import place
-from helpers.quant.calibrate import calibrate
+from helpers.quant.calibrate import calibrate, use_amax
 from helpers.quant.fuse import fuse
 from helpers.quant.modules import TensorQuantizer, quantize_scn  # helpers.quant imports the library lean
 from helpers.quant.precision import quantizers_disabled, set_precision
@@ -46,7 +46,8 @@ def round_to_fp16(model: torch.nn.Module):
 
 def prepare_scn(model, batches, int8: bool = True, progress: bool = True, layout: Optional[str] = None):
     """A quantized, BN-folded, ReLU-fused copy of `model` whose layers are int8 (calibrated on `batches`)
-    or, with int8=False, fp16; the export reads that choice from the layers.
+    or, with int8=False, fp16; the export reads that choice from the layers. A model loaded from a
+    checkpoint with calibrated ranges (model.checkpoint_amax, see helpers.checkpoint) keeps those.
 
     `layout` ('xyz' / 'zyx') is needed only for a network that does not show its own (helpers.layout);
     one that contradicts the network, or coords outside its spatial shape, are refused before any work."""
@@ -63,7 +64,10 @@ def prepare_scn(model, batches, int8: bool = True, progress: bool = True, layout
     fuse(model, voxels, coords)  # BN folded, ReLU fused
     set_precision(model, int8=int8)
     round_to_fp16(model)
-    if int8:
+    amax = getattr(model, "checkpoint_amax", None)  # ranges calibrated elsewhere, read by load_checkpoint
+    if int8 and amax:
+        use_amax(model, amax)  # as they are: no re-calibration
+    elif int8:
         calibrate(model, batches, progress=progress)  # ends by naming any layer without amax
     return model
 
