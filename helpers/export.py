@@ -4,6 +4,7 @@ the command line.
     python -m helpers.export --out build/scn.onnx          # the built-in synthetic scene
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
     python -m helpers.export --network centerpoint --checkpoint epoch_20.pth --out build/centerpoint.onnx
+    python -m helpers.export --network voxelbackbone8x --check-only      # what can be exported, and why not
 
 Steps: check every option and path (a bad one: one line, exit 2, nothing written) -> build (and load)
 the SCN -> prepare and export it (helpers.pipeline) -> write the graph (and the tensors) atomically ->
@@ -35,6 +36,7 @@ from helpers.errors import WorkbookError
 from helpers.model import build_scn, pick_device, place
 from helpers.pipeline import ExportResult, export_scn, prepare_scn
 from helpers.quant.reference import reference_run
+from helpers.support import check_support
 
 
 def load_batches(args, cfg: SCNConfig, device) -> List:
@@ -114,6 +116,8 @@ def parse_args(argv):
                    "(fake-quant) and node_stats.npz, for python -m helpers.verify FILE --tensors DIR")
     p.add_argument("--out", default="build/scn.onnx", help="the ONNX file to write (default build/scn.onnx)")
     p.add_argument("--quiet", action="store_true", help="do not print the node-by-node log")
+    p.add_argument("--check-only", action="store_true", help="print which modules can be exported, fused or not "
+                   "(helpers.support) and stop; nothing is written")
     args = p.parse_args(argv)
     args.grid = args.grid or NETWORKS[args.network]
     if PRESETS[args.grid].network != args.network:
@@ -157,6 +161,11 @@ def run(args) -> int:
     place(model, device)
     batches = load_batches(args, cfg, device)
     voxels, coords = batches[0]
+    if args.check_only:  # the support report, and nothing written
+        report = check_support(model, voxels, coords)
+        print(report)
+        report.raise_first()
+        return 0
     print(f"SCN {cfg.name} ({cfg.layout}) on {device} in {str(dtype).replace('torch.', '')}: "
           f"{voxels.shape[0]} voxels, grid {cfg.sparse_shape}")
     try:

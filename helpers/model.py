@@ -153,7 +153,7 @@ def place(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.flo
     device = torch.device(device)
     algo = ConvAlgo.Native if device.type == "cpu" else ConvAlgo.MaskImplicitGemm
     for m in model.modules():
-        if isinstance(m, spconv.conv.SparseConvolution):
+        if isinstance(m, (spconv.conv.SparseConvolution, spconv.pool.SparseMaxPool)):  # pools: for the report
             m.algo = algo
     return model.to(device=device, dtype=dtype)
 

@@ -24,6 +24,7 @@ from helpers.quant.fuse import fuse
 from helpers.quant.modules import TensorQuantizer, quantize_scn  # helpers.quant imports the library lean
 from helpers.quant.precision import quantizers_disabled, set_precision
 from helpers.quant.ranges import dynamic_ranges
+from helpers.support import check_support
 from helpers.trace.handlers import REGISTRY
 from helpers.trace.onnx_build import make_scn_model
 from helpers.trace.registry import tracing
@@ -57,6 +58,7 @@ def prepare_scn(model, batches, int8: bool = True, progress: bool = True, layout
     layout = network_layout(model, layout)
     for _, batch_coords in batches:
         check_input_fits(model, batch_coords, layout)
+    check_support(model, voxels, coords).raise_first()  # what the file cannot carry, one line, before any work
     check_weights(model.state_dict())  # NaN weights would break calibration deep inside torch
     model = place(copy.deepcopy(model), voxels.device)  # a copy (re-running gives the same result), on the
     # voxels' device with spconv's algorithm for it: an unplaced model on a CPU would ask for CUDA
