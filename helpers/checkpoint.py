@@ -1,9 +1,10 @@
 """Load the lidar backbone's weights from a BEVFusion, mmdet3d or bare checkpoint.
 
-Four key prefixes are understood:
+Five key prefixes are understood:
     encoders.lidar.backbone.*   mit-han-lab BEVFusion
     pts_middle_encoder.*        mmdet3d 1.x
     backbone.*                  CenterPoint (det3d)
+    backbone_3d.*               OpenPCDet ({'model_state': ...})
     (none)                      a bare state dict of the network
 The backbone's keys are those under the model's own top-level modules (conv_input, encoder_layers,
 conv_out for BEVFusion; conv_input, conv1 .. conv4, extra_conv for CenterPoint).
@@ -27,7 +28,7 @@ from torch import nn
 from helpers.errors import WorkbookError
 from helpers.whole_model import read_whole_model
 
-PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "")
+PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "backbone_3d.", "")
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
@@ -46,7 +47,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
             reason = str(err).removeprefix(f"{path}: ")
             raise WorkbookError(f"{path}: not a checkpoint: neither a state dict torch loads safely (weights_only="
                                 f"True) nor a pickled model readable without running it ({reason})") from None
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "model_state"):  # mmdet3d / det3d, ..., OpenPCDet
         if isinstance(ckpt, dict) and isinstance(ckpt.get(wrapper), dict):
             ckpt = ckpt[wrapper]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):

@@ -116,10 +116,14 @@ def layout_of(model: nn.Module) -> str:
 
 
 def network_class(cfg) -> type:
-    """The network a config describes: cfg.network is 'bevfusion' or 'centerpoint'."""
+    """The network a config describes: cfg.network is 'bevfusion', 'centerpoint', 'voxelbackbone8x' or
+    'voxelresbackbone8x'."""
     if cfg.network == "centerpoint":
         from helpers.centerpoint import SpMiddleResNetFHD  # imported here: it builds on this module's blocks
         return SpMiddleResNetFHD
+    if cfg.network in ("voxelbackbone8x", "voxelresbackbone8x"):
+        from helpers.openpcdet import VoxelBackBone8x, VoxelResBackBone8x
+        return VoxelBackBone8x if cfg.network == "voxelbackbone8x" else VoxelResBackBone8x
     return SparseEncoder
 
 

@@ -35,7 +35,10 @@ INT8_RANGES = {"SparseConvolution": dict(input_dynamic_range=FLOAT, weight_dynam
 OPTIONAL = {"ScatterDense": dict(input_dynamic_range=FLOAT, output_layout=STRING)}  # read when present
 BEVFUSION_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 1, "Reshape": 1}
 CENTERPOINT_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
-OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS}  # network -> nodes per op type
+VOXELBACKBONE8X_OPS = {"SparseConvolution": 12, "Add": 0, "Relu": 0, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
+VOXELRESBACKBONE8X_OPS = CENTERPOINT_OPS  # the same 21 / 8 / 8 op counts, on the KITTI grid
+OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS,  # network -> nodes per op type
+             "voxelbackbone8x": VOXELBACKBONE8X_OPS, "voxelresbackbone8x": VOXELRESBACKBONE8X_OPS}
 
 
 def type_name(kind: int) -> str:
