@@ -159,13 +159,15 @@ def run(args) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     place(model, device)
-    batches = load_batches(args, cfg, device)
-    voxels, coords = batches[0]
-    if args.check_only:  # the support report, and nothing written
+    if args.check_only:  # the support report on the first scan, and nothing written
+        voxels, coords = load_batches(argparse.Namespace(**{**vars(args), "calibrate": 1, "calib_points": []}),
+                                      cfg, device)[0]
         report = check_support(model, voxels, coords)
         print(report)
         report.raise_first()
         return 0
+    batches = load_batches(args, cfg, device)
+    voxels, coords = batches[0]
     print(f"SCN {cfg.name} ({cfg.layout}) on {device} in {str(dtype).replace('torch.', '')}: "
           f"{voxels.shape[0]} voxels, grid {cfg.sparse_shape}")
     try:

@@ -137,3 +137,12 @@ def test_command_line_exports_a_kitti_bin(tmp_path, capsys, network, nodes):
     assert f"SCN {network}-kitti (zyx)" in printed and "grid [41, 1600, 1408]" in printed
     assert f"wrote {out}: {nodes} nodes" in printed and "output [1, 256, 200, 176]" in printed
     assert "contract check: passed" in printed and "DISAGREES" not in printed
+
+
+@pytest.mark.parametrize("network", ["voxelbackbone8x", "voxelresbackbone8x"])
+def test_command_line_refuses_xyz_for_a_zyx_network(tmp_path, capsys, network):
+    out = tmp_path / "x.onnx"
+    assert main(["--network", network, "--layout", "xyz", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"layout='xyz' is not supported by {network}; expected one of ['zyx']" in err and not out.exists()
+    assert err.count("\n") == 1
