@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-
+from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
 from helpers.errors import WorkbookError
+from helpers.model import ResidualAdd
 from helpers.whole_model import read_whole_model
 
 PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "backbone_3d.", "")
@@ -134,15 +135,12 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
 
 
 def quantizer_paths(model: nn.Module) -> list:
-    """The quantizers quantize_scn will give `model`: every sparse conv's input and weight, every add's."""
-    from spconv.pytorch.conv import SparseConvolution
-
-    from helpers.model import ResidualAdd
+    """The quantizers quantize_scn will give the float `model`: every sparse conv's input and weight, every add's."""
     paths = []
     for path, m in model.named_modules():
         if isinstance(m, SparseConvolution):
             paths += [f"{path}.input_quantizer", f"{path}.weight_quantizer"]
-        elif isinstance(m, ResidualAdd) or type(m).__name__ == "QuantAdd":
+        elif isinstance(m, ResidualAdd):
             paths.append(f"{path}.quantizer")
     return paths
 

@@ -2,9 +2,10 @@
 
 Four networks, one config class each: BEVFusion's SparseEncoder (SCNConfig), CenterPoint's
 SpMiddleResNetFHD (CenterPointConfig), and OpenPCDet's VoxelBackBone8x / VoxelResBackBone8x on KITTI
-(VoxelBackBone8xConfig / VoxelResBackBone8xConfig, sparse shape 41 x 1600 x 1408 in zyx). Presets: BEVFusion on the nuScenes grid at 0.075 m (sparse
-shape 1440 x 1440 x 41, BEV output 180 x 180) and on the coarser 0.1 m grid (1024 x 1024 x 41, BEV
-output 128 x 128); CenterPoint on the 0.075 m grid in zyx (sparse shape 41 x 1440 x 1440).
+(VoxelBackBone8xConfig / VoxelResBackBone8xConfig, sparse shape 41 x 1600 x 1408 in zyx).
+Presets: BEVFusion on the nuScenes grid at 0.075 m (sparse shape 1440 x 1440 x 41, BEV output
+180 x 180) and on the coarser 0.1 m grid (1024 x 1024 x 41, BEV output 128 x 128); CenterPoint on the
+0.075 m grid in zyx (sparse shape 41 x 1440 x 1440); the OpenPCDet backbones on KITTI's grid.
 """
 from dataclasses import dataclass, replace
 from typing import ClassVar, List, Optional, Tuple
@@ -146,8 +147,9 @@ NETWORKS = {"bevfusion": "bevfusion-0075", "centerpoint": "centerpoint-0075",  #
 
 
 def get_config(name: str = "bevfusion-0075", layout: Optional[str] = None) -> VoxelGrid:
-    """A preset by name: 'bevfusion-0075' (1440 grid), 'bevfusion-01' (1024 grid) or 'centerpoint-0075';
-    layout=None keeps the preset's own (xyz for BEVFusion, zyx for CenterPoint)."""
+    """A preset by name: 'bevfusion-0075' (1440 grid), 'bevfusion-01' (1024 grid), 'centerpoint-0075',
+    'voxelbackbone8x-kitti' or 'voxelresbackbone8x-kitti'; layout=None keeps the preset's own (xyz for
+    BEVFusion, zyx for the others)."""
     if name not in PRESETS:
         raise WorkbookError(f"unknown grid {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name] if layout is None else PRESETS[name].with_layout(layout)

@@ -130,7 +130,7 @@ def check_support(model: nn.Module, voxels: torch.Tensor, coords: torch.Tensor) 
     try:
         with watch:
             calls = trace_calls(model, voxels, coords)
-    except WorkbookError:
+    except WorkbookError:  # already one line that says what to do
         raise
     except Exception as err:  # spconv or the network itself failed on these inputs
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -20,11 +20,11 @@ An nn.Module pickles as a Record whose state is its `__dict__`: `_parameters`, `
 walking `_modules` gives every tensor its module path, as `state_dict()` would have named it.
 """
 import collections
+import pickle
 import types
 from pathlib import Path
 from typing import Any, Dict
 
-import pickle
 import torch
 import torch._utils
 
