@@ -1,9 +1,10 @@
 """Load the lidar backbone's weights from a BEVFusion, mmdet3d or bare checkpoint.
 
-Four key prefixes are understood:
+Five key prefixes are understood:
     encoders.lidar.backbone.*   mit-han-lab BEVFusion
     pts_middle_encoder.*        mmdet3d 1.x
     backbone.*                  CenterPoint (det3d)
+    backbone_3d.*               OpenPCDet ({'model_state': ...})
     (none)                      a bare state dict of the network
 The backbone's keys are those under the model's own top-level modules (conv_input, encoder_layers,
 conv_out for BEVFusion; conv_input, conv1 .. conv4, extra_conv for CenterPoint).
@@ -11,18 +12,24 @@ Conv weights may be stored in spconv 1.x layout [k0, k1, k2, C_in, C_out]; they 
 into spconv 2.x layout [C_out, k0, k1, k2, C_in] with permute(4, 0, 1, 2, 3). The kernel axes are
 stored in the checkpoint's own order (cfg.checkpoint_layout: xyz for BEVFusion, zyx for CenterPoint)
 and reversed when the model runs in the other one.
-Checkpoints are pickles from the internet: they are read with weights_only=True.
+Checkpoints are pickles from the internet: they are read with weights_only=True. A checkpoint that
+pickles a whole model (NVIDIA's bevfusion_ptq.pth) is read by helpers.whole_model instead, which runs
+none of its code; the calibrated `_amax` buffers of its quantizers (`<conv>.input_quantizer._amax`,
+`<conv>.weight_quantizer._amax`, `<add>.quantizer._amax`) are kept on the model as `checkpoint_amax`,
+and prepare_scn uses them as they are instead of calibrating.
 """
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-
+from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
 from helpers.errors import WorkbookError
+from helpers.model import ResidualAdd
+from helpers.whole_model import read_whole_model
 
-PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "")
+PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "backbone_3d.", "")
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
@@ -34,10 +41,14 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise WorkbookError(f"{path}: cannot be read ({err.strerror}); expected a readable .pth file") from None
-    except Exception as err:  # truncated zip, a pickle that is not plain tensors, ...: never executed, only refused
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WorkbookError(f"{path}: not a checkpoint torch can load safely (weights_only=True): {first}") from None
-    for wrapper in ("state_dict", "model"):
+    except Exception:  # truncated zip, a pickled whole model, ...: never executed
+        try:
+            return read_whole_model(path)  # a pickled model: read its tensors without running it
+        except WorkbookError as err:
+            reason = str(err).removeprefix(f"{path}: ")
+            raise WorkbookError(f"{path}: not a checkpoint: neither a state dict torch loads safely (weights_only="
+                                f"True) nor a pickled model readable without running it ({reason})") from None
+    for wrapper in ("state_dict", "model", "model_state"):  # mmdet3d / det3d, ..., OpenPCDet
         if isinstance(ckpt, dict) and isinstance(ckpt.get(wrapper), dict):
             ckpt = ckpt[wrapper]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -96,9 +107,16 @@ def to_model_layout(name: str, value: torch.Tensor, expected: torch.Size, layout
     return value.contiguous()
 
 
+AMAX = "._amax"  # the key ending of a pytorch-quantization quantizer's calibrated range
+
+
 def load_checkpoint(model: nn.Module, path) -> nn.Module:
-    """Load backbone weights into `model` (in place); every missing or unexpected key is an error."""
+    """Load backbone weights into `model` (in place); every missing or unexpected key is an error.
+
+    Calibrated `_amax` values in the checkpoint go to `model.checkpoint_amax` ({quantizer path: tensor}),
+    for prepare_scn to use instead of calibrating."""
     state = backbone_state(read_state_dict(path), path, [name for name, _ in model.named_children()])
+    amax = {k[:-len(AMAX)]: state.pop(k) for k in [k for k in state if k.endswith(AMAX)]}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -109,7 +127,33 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
     converted = {k: to_model_layout(k, v, expected[k].shape, model.cfg.layout, path, model.cfg.checkpoint_layout)
                  for k, v in state.items()}
     model.load_state_dict(converted, strict=False)
+    if amax:
+        check_weights(amax, path)
+        check_amax_names(model, amax, path)
+        model.checkpoint_amax = amax
     return model
+
+
+def quantizer_paths(model: nn.Module) -> list:
+    """The quantizers quantize_scn will give the float `model`: every sparse conv's input and weight, every add's."""
+    paths = []
+    for path, m in model.named_modules():
+        if isinstance(m, SparseConvolution):
+            paths += [f"{path}.input_quantizer", f"{path}.weight_quantizer"]
+        elif isinstance(m, ResidualAdd):
+            paths.append(f"{path}.quantizer")
+    return paths
+
+
+def check_amax_names(model: nn.Module, amax: Dict[str, torch.Tensor], path):
+    """Every calibrated range belongs to one of the model's quantizers, and each quantizer has one."""
+    wanted = quantizer_paths(model)
+    unknown = [k for k in amax if k not in wanted]
+    missing = [k for k in wanted if k not in amax]
+    if unknown or missing:
+        raise WorkbookError(f"{path}: its calibrated _amax ranges do not match the SCN's quantizers: missing "
+                            f"{missing[:3]} ({len(missing)} in all), unknown {unknown[:3]} ({len(unknown)} in all); "
+                            "expected <conv>.input_quantizer, <conv>.weight_quantizer and <add>.quantizer")
 
 
 def to_spconv1_state(model: nn.Module, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

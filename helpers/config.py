@@ -1,9 +1,11 @@
 """Typed configuration of the lidar backbones and their voxel grid.
 
-Two networks, one config class each: BEVFusion's SparseEncoder (SCNConfig) and CenterPoint's
-SpMiddleResNetFHD (CenterPointConfig). Presets: BEVFusion on the nuScenes grid at 0.075 m (sparse
-shape 1440 x 1440 x 41, BEV output 180 x 180) and on the coarser 0.1 m grid (1024 x 1024 x 41, BEV
-output 128 x 128); CenterPoint on the 0.075 m grid in zyx (sparse shape 41 x 1440 x 1440).
+Four networks, one config class each: BEVFusion's SparseEncoder (SCNConfig), CenterPoint's
+SpMiddleResNetFHD (CenterPointConfig), and OpenPCDet's VoxelBackBone8x / VoxelResBackBone8x on KITTI
+(VoxelBackBone8xConfig / VoxelResBackBone8xConfig, sparse shape 41 x 1600 x 1408 in zyx).
+Presets: BEVFusion on the nuScenes grid at 0.075 m (sparse shape 1440 x 1440 x 41, BEV output
+180 x 180) and on the coarser 0.1 m grid (1024 x 1024 x 41, BEV output 128 x 128); CenterPoint on the
+0.075 m grid in zyx (sparse shape 41 x 1440 x 1440); the OpenPCDet backbones on KITTI's grid.
 """
 from dataclasses import dataclass, replace
 from typing import ClassVar, List, Optional, Tuple
@@ -97,18 +99,57 @@ class CenterPointConfig(VoxelGrid):
         self.check_grid(layouts=("zyx",))  # xyz would need other kernel axes than the checkpoints hold
 
 
+@dataclass(frozen=True)
+class VoxelBackBone8xConfig(VoxelGrid):
+    """OpenPCDet's VoxelBackBone8x (SECOND, PV-RCNN, Voxel R-CNN on KITTI), e.g. kitti_models/second.yaml.
+
+    zyx like CenterPoint: coords (b, z, y, x), sparse shape = grid[::-1] + [1, 0, 0] = [41, 1600, 1408];
+    OpenPCDet's checkpoints store kernels in z, y, x order. Per-axis numbers below are x, y, z.
+    """
+    network: ClassVar[str] = "voxelbackbone8x"
+    checkpoint_prefix: ClassVar[str] = "backbone_3d."  # OpenPCDet: {'model_state': {'backbone_3d.conv1...': ...}}
+    checkpoint_layout: ClassVar[str] = "zyx"
+    name: str = "voxelbackbone8x-kitti"
+    point_range: Tuple[float, ...] = (0.0, -40.0, -3.0, 70.4, 40.0, 1.0)  # x0 y0 z0 x1 y1 z1 (m), KITTI's front view
+    voxel_size: Tuple[float, float, float] = (0.05, 0.05, 0.1)  # grid [1408, 1600, 40] (+1 z plane)
+    max_points_per_voxel: int = 5  # OpenPCDet's KITTI MAX_POINTS_PER_VOXEL
+    max_voxels: int = 40000  # its test-time MAX_NUMBER_OF_VOXELS
+    in_channels: int = 4  # x, y, z, reflectance: MeanVFE averages a voxel's points
+    stage_channels: Tuple[int, ...] = (16, 32, 64, 64)  # conv1 .. conv4
+    output_channels: int = 128  # conv_out; the BEV map has output_channels * 2 channels
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    layout: str = "zyx"
+
+    def __post_init__(self):
+        self.check_grid(layouts=("zyx",))  # xyz would need other kernel axes than the checkpoints hold
+
+
+@dataclass(frozen=True)
+class VoxelResBackBone8xConfig(VoxelBackBone8xConfig):
+    """OpenPCDet's VoxelResBackBone8x (CenterPoint and Voxel R-CNN's residual variant on KITTI): the same
+    grid, residual basic blocks, 128 channels in conv4."""
+    network: ClassVar[str] = "voxelresbackbone8x"
+    name: str = "voxelresbackbone8x-kitti"
+    stage_channels: Tuple[int, ...] = (16, 32, 64, 128)
+
+
 PRESETS = {
     "bevfusion-0075": SCNConfig(),
     "bevfusion-01": SCNConfig(name="bevfusion-01", point_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
                               voxel_size=(0.1, 0.1, 0.2)),
     "centerpoint-0075": CenterPointConfig(),
+    "voxelbackbone8x-kitti": VoxelBackBone8xConfig(),
+    "voxelresbackbone8x-kitti": VoxelResBackBone8xConfig(),
 }
-NETWORKS = {"bevfusion": "bevfusion-0075", "centerpoint": "centerpoint-0075"}  # network -> its default preset
+NETWORKS = {"bevfusion": "bevfusion-0075", "centerpoint": "centerpoint-0075",  # network -> its default preset
+            "voxelbackbone8x": "voxelbackbone8x-kitti", "voxelresbackbone8x": "voxelresbackbone8x-kitti"}
 
 
 def get_config(name: str = "bevfusion-0075", layout: Optional[str] = None) -> VoxelGrid:
-    """A preset by name: 'bevfusion-0075' (1440 grid), 'bevfusion-01' (1024 grid) or 'centerpoint-0075';
-    layout=None keeps the preset's own (xyz for BEVFusion, zyx for CenterPoint)."""
+    """A preset by name: 'bevfusion-0075' (1440 grid), 'bevfusion-01' (1024 grid), 'centerpoint-0075',
+    'voxelbackbone8x-kitti' or 'voxelresbackbone8x-kitti'; layout=None keeps the preset's own (xyz for
+    BEVFusion, zyx for the others)."""
     if name not in PRESETS:
         raise WorkbookError(f"unknown grid {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name] if layout is None else PRESETS[name].with_layout(layout)

@@ -4,6 +4,7 @@ the command line.
     python -m helpers.export --out build/scn.onnx          # the built-in synthetic scene
     python -m helpers.export --points scan.bin --checkpoint bevfusion.pth --layout zyx
     python -m helpers.export --network centerpoint --checkpoint epoch_20.pth --out build/centerpoint.onnx
+    python -m helpers.export --network voxelbackbone8x --check-only      # what can be exported, and why not
 
 Steps: check every option and path (a bad one: one line, exit 2, nothing written) -> build (and load)
 the SCN -> prepare and export it (helpers.pipeline) -> write the graph (and the tensors) atomically ->
@@ -35,6 +36,7 @@ from helpers.errors import WorkbookError
 from helpers.model import build_scn, pick_device, place
 from helpers.pipeline import ExportResult, export_scn, prepare_scn
 from helpers.quant.reference import reference_run
+from helpers.support import check_support
 
 
 def load_batches(args, cfg: SCNConfig, device) -> List:
@@ -98,7 +100,9 @@ def parse_args(argv):
                    "4 KITTI")
     p.add_argument("--scene", default="default", choices=sorted(SCENES), help="synthetic scene size")
     p.add_argument("--network", default="bevfusion", choices=sorted(NETWORKS), help="which SCN (default bevfusion)")
-    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint checkpoint (.pth); default: random weights")
+    p.add_argument("--checkpoint", help="BEVFusion / mmdet3d / CenterPoint / OpenPCDet checkpoint (.pth): a state dict, or a "
+                   "pickled whole model (read without running it; its calibrated _amax ranges are used as they "
+                   "are); default: random weights")
     p.add_argument("--grid", choices=sorted(PRESETS), help="voxel grid preset (default: the network's own)")
     p.add_argument("--precision", default="int8", choices=("int8", "fp16"), help="layer precision in the graph")
     p.add_argument("--dtype", choices=("fp32", "fp16"), help="what the trace computes in: default fp16 on CUDA, "
@@ -112,6 +116,8 @@ def parse_args(argv):
                    "(fake-quant) and node_stats.npz, for python -m helpers.verify FILE --tensors DIR")
     p.add_argument("--out", default="build/scn.onnx", help="the ONNX file to write (default build/scn.onnx)")
     p.add_argument("--quiet", action="store_true", help="do not print the node-by-node log")
+    p.add_argument("--check-only", action="store_true", help="print which modules can be exported, fused or not "
+                   "(helpers.support) and stop; nothing is written")
     args = p.parse_args(argv)
     args.grid = args.grid or NETWORKS[args.network]
     if PRESETS[args.grid].network != args.network:
@@ -153,6 +159,13 @@ def run(args) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     place(model, device)
+    if args.check_only:  # the support report on the first scan, and nothing written
+        voxels, coords = load_batches(argparse.Namespace(**{**vars(args), "calibrate": 1, "calib_points": []}),
+                                      cfg, device)[0]
+        report = check_support(model, voxels, coords)
+        print(report)
+        report.raise_first()
+        return 0
     batches = load_batches(args, cfg, device)
     voxels, coords = batches[0]
     print(f"SCN {cfg.name} ({cfg.layout}) on {device} in {str(dtype).replace('torch.', '')}: "

@@ -14,8 +14,9 @@ import torch
 from spconv.core import ConvAlgo
 from torch import nn
 
-from helpers.config import SCNConfig, VoxelGrid
+from helpers.config import SCNConfig
 from helpers.errors import WorkbookError
+from helpers.layout import network_layout
 
 
 def per_axis(value, layout: str):
@@ -110,17 +111,19 @@ class SparseEncoder(nn.Module):
 
 
 def layout_of(model: nn.Module) -> str:
-    """'xyz' or 'zyx', the order of the voxel coordinates: a network built from a grid config (BEVFusion's,
-    CenterPoint's) knows it; any other network is taken as xyz."""
-    cfg = getattr(model, "cfg", None)
-    return cfg.layout if isinstance(cfg, VoxelGrid) else "xyz"
+    """'xyz' or 'zyx', the order of the voxel coordinates, as the network itself says (helpers.layout)."""
+    return network_layout(model)
 
 
 def network_class(cfg) -> type:
-    """The network a config describes: cfg.network is 'bevfusion' or 'centerpoint'."""
+    """The network a config describes: cfg.network is 'bevfusion', 'centerpoint', 'voxelbackbone8x' or
+    'voxelresbackbone8x'."""
     if cfg.network == "centerpoint":
         from helpers.centerpoint import SpMiddleResNetFHD  # imported here: it builds on this module's blocks
         return SpMiddleResNetFHD
+    if cfg.network in ("voxelbackbone8x", "voxelresbackbone8x"):
+        from helpers.openpcdet import VoxelBackBone8x, VoxelResBackBone8x
+        return VoxelBackBone8x if cfg.network == "voxelbackbone8x" else VoxelResBackBone8x
     return SparseEncoder
 
 
@@ -154,7 +157,7 @@ def place(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.flo
     device = torch.device(device)
     algo = ConvAlgo.Native if device.type == "cpu" else ConvAlgo.MaskImplicitGemm
     for m in model.modules():
-        if isinstance(m, spconv.conv.SparseConvolution):
+        if isinstance(m, (spconv.conv.SparseConvolution, spconv.pool.SparseMaxPool)):  # pools: for the report
             m.algo = algo
     return model.to(device=device, dtype=dtype)
 

@@ -201,8 +201,9 @@ def test_a_network_of_another_design_exports_through_the_same_code(tmp_path):
     voxels, coords = tiny_inputs()
     with torch.no_grad():
         float_out = model(voxels, coords)
-    ready = prepare_scn(model, [(voxels, coords), tiny_inputs(1)], int8=True, progress=False)
-    result = export_scn(ready, voxels, coords, tmp_path / "tiny.onnx")
+    # TinyNet has no sparse_shape attribute to read its coordinate order from: it is stated
+    ready = prepare_scn(model, [(voxels, coords), tiny_inputs(1)], int8=True, progress=False, layout="xyz")
+    result = export_scn(ready, voxels, coords, tmp_path / "tiny.onnx", layout="xyz")
     ops = [n.op for n in result.tracer.nodes]
     assert ops == ["SparseConvolution"] * 3 + ["Add", "Relu"] + ["SparseConvolution"] * 2 + \
         ["ScatterDense", "Transpose", "Reshape"]
@@ -216,12 +217,12 @@ def test_a_network_of_another_design_exports_through_the_same_code(tmp_path):
 
 
 def test_unsupported_module_is_named_with_the_fix():
-    model = prepare_scn(place(TinyNet().eval(), "cpu"), [tiny_inputs()], int8=False, progress=False)
+    model = prepare_scn(place(TinyNet().eval(), "cpu"), [tiny_inputs()], int8=False, progress=False, layout="xyz")
     model.block.out = nn.LeakyReLU()
     with pytest.raises(WorkbookError, match=r"module 'block.out' of type LeakyReLU has no ONNX handler.*register"):
-        trace_scn(model, *tiny_inputs())
+        trace_scn(model, *tiny_inputs(), layout="xyz")
     with pytest.raises(WorkbookError, match=r"'stem.1' of type BatchNorm1d .*fold it first"):
-        trace_scn(quantize_scn(TinyNet().eval()), *tiny_inputs())
+        trace_scn(quantize_scn(TinyNet().eval()), *tiny_inputs(), layout="xyz")
 
 
 def test_uncalibrated_int8_export_names_the_layers(tmp_path):

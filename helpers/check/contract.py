@@ -35,7 +35,10 @@ INT8_RANGES = {"SparseConvolution": dict(input_dynamic_range=FLOAT, weight_dynam
 OPTIONAL = {"ScatterDense": dict(input_dynamic_range=FLOAT, output_layout=STRING)}  # read when present
 BEVFUSION_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 1, "Reshape": 1}
 CENTERPOINT_OPS = {"SparseConvolution": 21, "Add": 8, "Relu": 8, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
-OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS}  # network -> nodes per op type
+VOXELBACKBONE8X_OPS = {"SparseConvolution": 12, "Add": 0, "Relu": 0, "ScatterDense": 1, "Transpose": 0, "Reshape": 1}
+VOXELRESBACKBONE8X_OPS = CENTERPOINT_OPS  # the same 21 / 8 / 8 op counts, on the KITTI grid
+OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS,  # network -> nodes per op type
+             "voxelbackbone8x": VOXELBACKBONE8X_OPS, "voxelresbackbone8x": VOXELRESBACKBONE8X_OPS}
 
 
 def type_name(kind: int) -> str:
@@ -50,6 +53,7 @@ def check_contract(model, op_counts: Optional[Dict[str, int]] = None, int8: Opti
     if int8 is None:
         int8 = any(a.get("precision") == "int8" for a in values)
     problems += graph_problems(g, values, int8)
+    problems += layout_problems(g, values)
     inits = {t.name: t for t in g.initializer}
     counters, produced_by = {}, {"0": "input"}
     for i, (node, a) in enumerate(zip(g.node, values)):
@@ -96,6 +100,70 @@ def graph_problems(g, values: List[dict], int8: bool) -> List[str]:
     if int8 and convs and (convs[0].get("precision") != "fp16" or convs[-1].get("output_precision") != "fp16"):
         problems.append("int8 graph: the first conv's precision and the last conv's output_precision must be fp16")
     return problems
+
+
+def layout_problems(g, values: List[dict]) -> List[str]:
+    """The spatial shapes along the chain agree, and ScatterDense's format is the one its shapes imply.
+
+    Each conv reads the spatial shape its input was made on; ScatterDense scatters the last one. The BEV
+    view after it (an optional Transpose, then a Reshape [N, C * D, H, W]) folds one spatial axis into the
+    channels: that axis is z. z first in the spatial shape means zyx coords, z last xyz: a zyx network
+    whose ScatterDense says "xyz" fails here, although every attribute is present and typed."""
+    problems, spatial, scatter = [], {}, None  # spatial: tensor name -> spatial shape it lives on
+    for node, a in zip(g.node, values):
+        where = f"node {node.name} ({node.op_type})"
+        given = [spatial.get(name) for name in node.input if name in spatial]
+        if node.op_type == "SparseConvolution":
+            if given and given[0] != list(a.get("input_spatial_shape", [])):
+                problems.append(f"{where}: input_spatial_shape {a.get('input_spatial_shape')} but its input lives "
+                                f"on {given[0]}")
+            spatial[node.output[0]] = list(a.get("output_spatial_shape", []))
+        elif node.op_type in ("Add", "Relu") and given:
+            if any(shape != given[0] for shape in given):
+                problems.append(f"{where}: adds tensors of spatial shapes {given}")
+            spatial[node.output[0]] = given[0]
+        elif node.op_type == "ScatterDense":
+            scatter = (node, a)
+            if given and given[0] != list(a.get("input_spatial_shape", [])):
+                problems.append(f"{where}: input_spatial_shape {a.get('input_spatial_shape')} but the last conv "
+                                f"made {given[0]}")
+            if list(a.get("output_shape", []))[2:] != list(a.get("input_spatial_shape", [])):
+                problems.append(f"{where}: output_shape {a.get('output_shape')} is not [N, C] + "
+                                f"input_spatial_shape {a.get('input_spatial_shape')}")
+    if scatter is None:
+        return problems
+    z_axis = folded_axis(g, values, scatter[0])
+    implied = {0: "zyx", 2: "xyz"}.get(z_axis)
+    format_ = scatter[1].get("format")
+    if z_axis is not None and implied is None:
+        problems.append(f"node {scatter[0].name} (ScatterDense): the BEV view folds the middle spatial axis (y) into "
+                        "the channels; expected z first (zyx) or last (xyz)")
+    elif implied is not None and format_ != implied:
+        shape = scatter[1].get("input_spatial_shape")
+        problems.append(f"node {scatter[0].name} (ScatterDense): format {format_!r}, but the BEV view folds axis "
+                        f"{z_axis} of {shape} (z) into the channels, so the coords are {implied}; expected "
+                        f"format {implied!r}")
+    return problems
+
+
+def folded_axis(g, values: List[dict], scatter) -> Optional[int]:
+    """The spatial axis (0, 1, 2) of ScatterDense's output that the following Transpose and Reshape fold
+    into the channels ([N, C, D, H, W] -> [N, C * D, H, W]), or None when no such view follows it."""
+    shape = list(attributes(scatter).get("output_shape", []))  # [N, C, a, b, c]
+    order = list(range(len(shape)))  # which of the scatter's axes sits at each position
+    tensor = scatter.output[0]
+    for node, a in zip(g.node, values):
+        if list(node.input[:1]) != [tensor]:
+            continue
+        if node.op_type == "Transpose" and sorted(a.get("dims", [])) == order and len(shape) == 5:
+            order = [order[d] for d in a["dims"]]
+            tensor = node.output[0]
+        elif node.op_type == "Reshape" and len(shape) == 5:
+            dims, now = list(a.get("dims", [])), [shape[i] for i in order]
+            if len(dims) == 4 and dims[1] == now[1] * now[2] and dims[2:] == now[3:] and order[:2] == [0, 1]:
+                return order[2] - 2
+            return None
+    return None
 
 
 def attribute_problems(node, a: dict, int8: bool) -> List[str]:

@@ -28,13 +28,15 @@ def _as_tensor(points) -> torch.Tensor:
 
 def voxelize(points, cfg):
     """BEVFusion's hard voxelizer: voxels float32 [M, 5] (mean of up to max_points_per_voxel points)
-    and coords int32 [M, 4] = (0, x, y, z), or (0, z, y, x) for cfg.layout == 'zyx'.
+    and coords int32 [M, 4] = (0, x, y, z), or (0, z, y, x) for cfg.layout == 'zyx'. A network with
+    fewer input channels (OpenPCDet's KITTI backbones: 4) averages only the first cfg.in_channels columns.
 
     Voxels come in the order their first point appears; numpy in gives numpy out, a torch tensor
     gives torch tensors on its device.
     """
     is_numpy = not isinstance(points, torch.Tensor)
     points = _as_tensor(points)  # [N, C]
+    points = points[:, :getattr(cfg, "in_channels", points.shape[1])]  # [N, C_in]: x, y, z, intensity(, time-lag)
     index, inside = _voxel_index(points, cfg)  # [N, 3], [N]
     if not bool(inside.any()):
         raise WorkbookError(f"none of the {len(points)} points lies inside point_range {tuple(cfg.point_range)} m; "

@@ -24,7 +24,7 @@ all quantizers at once with prefix sums instead of one loop per candidate:
 Candidates start at bin 128 of the first width (the library's start_bin).
 """
 import math
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -348,6 +348,23 @@ def calibrate(model: nn.Module, batches, method: str = "mse", progress: bool = T
     return model
 
 
+def use_amax(model: nn.Module, amax: Dict[str, torch.Tensor]) -> nn.Module:
+    """Set every quantizer's amax to the calibrated value a checkpoint holds for it ({quantizer path: tensor}),
+    as it is: no scan runs. The per-channel weight ranges take the quantizer's own shape."""
+    device = next(model.parameters()).device
+    for path, kind, q in named_quantizers(model):
+        key = f"{path}.{'quantizer' if kind == 'add' else kind + '_quantizer'}"
+        if key not in amax:
+            raise WorkbookError(f"no calibrated amax for {key}; the checkpoint's quantizers do not match the SCN")
+        value = amax[key].detach().float().to(device)
+        if kind == "weight":  # per output channel: [C_out] or [C_out, 1, 1, 1, 1] -> the quantizer's shape
+            value = value.reshape(weight_amax(model.get_submodule(path).weight, q.axis).shape)
+        _set_amax(q, value)
+    sync_quantizers(model)
+    check_calibrated(model)  # a zero or non-finite range names its layer
+    return model
+
+
 def _progress(batches, show: bool):
     if not show:
         return batches
@@ -370,4 +387,5 @@ def library_amax(collector: HistogramCollector, method: str, **kwargs) -> float:
     return float(rule(*args, **kwargs))
 
 
-__all__: List[str] = ["BINS", "METHODS", "HistogramCollector", "histogram_amax", "weight_amax", "calibrate"]
+__all__: List[str] = ["BINS", "METHODS", "HistogramCollector", "histogram_amax", "weight_amax", "calibrate",
+                      "use_amax"]

@@ -8,8 +8,10 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
+from helpers.errors import WorkbookError
 from helpers.model import ResidualAdd
 from helpers.quant.modules import QuantAdd, QuantSparseConv
+from helpers.support import conv_problem
 from helpers.trace.ops import contiguous, permute_dims, relu
 from helpers.trace.registry import Registry
 from helpers.trace.tracer import Tracer
@@ -36,8 +38,13 @@ def sparse_convolution(tracer: Tracer, y: spconv.SparseConvTensor, conv: QuantSp
                        x: spconv.SparseConvTensor):
     index = tracer.next_index("SparseConvolution")
     path = tracer.module_name(conv)
+    problem = conv_problem(conv)  # what the engine cannot carry: the same words as helpers.support's report
+    if problem:
+        raise WorkbookError(f"module '{path}' ({type(conv).__name__}) cannot be exported: {problem}")
     out_shape = conv_output_shape(conv, x.spatial_shape)
-    assert out_shape == list(y.spatial_shape), f"{path}: spconv made {list(y.spatial_shape)}, formula {out_shape}"
+    if out_shape != list(y.spatial_shape):
+        raise WorkbookError(f"module '{path}': spconv made the spatial shape {list(y.spatial_shape)}, the conv's "
+                            f"kernel, stride, padding and dilation give {out_shape}; check the network's sparse_shape")
     inputs = [tracer.tensor_id(x.features, path),
               tracer.add_initializer(f"spconv{index}.weight", conv.weight),  # [Cout, k0, k1, k2, Cin]
               tracer.add_initializer(f"spconv{index}.bias", conv.bias)]  # [Cout], BatchNorm folded in
