@@ -139,6 +139,7 @@ def build_portable(library: Library, tools: Toolchain, out_dir: Path) -> Path:
 
     libspconv.so is not copied: the machine has its own, and python -m helpers.engine --runner out_dir
     puts its folder on LD_LIBRARY_PATH."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with files.temporary_folder(prefix=".building-", dir=out_dir) as work:
         built = compile_runner(library, tools, Path(work), ["$ORIGIN"], out_dir / "build.log")

@@ -55,8 +55,9 @@ def _engine_folder(path: Path) -> Path:
     """The 3DSparseConvolution folder for a path given as the .so, that folder, or a checkout."""
     if path.is_file():  # .../3DSparseConvolution/libspconv/lib/<arch>/libspconv.so
         return path.parents[3]
-    if (path / SUBFOLDER).is_dir():
-        return path / SUBFOLDER
+    for inside in (SUBFOLDER, Path(SUBFOLDER.name)):  # a checkout, or the folder that holds 3DSparseConvolution
+        if (path / inside).is_dir():
+            return path / inside
     return path
 
 
@@ -118,3 +119,14 @@ def runs_on(archs: Archs, compute_capability: str) -> bool:
     gpu = major * 10 + minor
     return (any(a // 10 == major and a % 10 <= minor for a in archs.sass)
             or any(a <= gpu for a in archs.ptx))
+
+
+def check_runs_on(so_file, gpu_name: str, compute_capability: str) -> Archs:
+    """The library's architectures, or a WorkbookError when none of them runs on this GPU."""
+    archs = gpu_archs(so_file)
+    if not runs_on(archs, compute_capability):
+        sm = compute_capability.replace(".", "")
+        raise WorkbookError(f"{so_file}: built for {archs}, but this GPU ({gpu_name}) is sm_{sm} (compute capability "
+                            f"{compute_capability}); use a libspconv built for sm_{sm} (another libspconv/lib/ folder "
+                            "or a newer Lidar_AI_Solution commit)")
+    return archs
