@@ -7,5 +7,5 @@ gpu.py      asks nvidia-smi for the GPU and its compute capability
 build.py    builds runner.cpp + NVIDIA's ONNX parser against that libspconv, once (cached in build/engine)
 run.py      runs the runner as a child process and compares its output with PyTorch's
 results.py  notebook 03's section: run it here, or show the saved results of a real run
-__main__.py the command line
+cli.py      the command line (python -m helpers.engine)
 """

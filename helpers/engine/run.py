@@ -1,6 +1,7 @@
 """Run a saved SCN file in NVIDIA's engine, through the runner as a child process, and compare with PyTorch.
 
-    result = run_engine(runner, library, "build/scn.onnx", load_reference("build/tensors"), "int8")
+    setup = set_up("~/Lidar_AI_Solution")     # libspconv, the tools, the GPU; the runner built once
+    result = run_engine(setup.runner, setup.library, "build/scn.onnx", load_reference("build/tensors"), "int8")
     result.cosine["fake-quant"], result.ms, result.layers     # what the engine computed, how fast, in what
 
 The runner gets the voxels and coordinates as raw files and writes the engine's output as one; a crash of
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 
 from helpers.check.agree import Reference, compare
-from helpers.engine.library import Library
+from helpers.engine.build import build_runner, find_toolchain, runner_in
+from helpers.engine.gpu import Gpu, find_gpu
+from helpers.engine.library import Archs, Library, check_runs_on, find_library
 from helpers.errors import WorkbookError
 from helpers.check.runtime import check_coords, graph_grid
 
@@ -138,3 +141,22 @@ def run_engine(runner: Path, library: Library, file, reference: Reference, preci
                      cosine={k: float(v["cosine"]) for k, v in figures.items()},
                      max_abs={k: float(v["max_abs"]) for k, v in figures.items()},
                      ms=statistics.median(timings), ms_all=timings, layers=[tuple(x) for x in layers])
+
+
+@dataclass
+class Setup:
+    library: Library  # libspconv and its sources
+    gpu: Gpu          # the GPU it runs on
+    archs: Archs      # the GPU code the library carries (one of them runs on this GPU)
+    runner: Path      # the executable
+
+
+def set_up(libspconv, runner=None, quiet: bool = False) -> Setup:
+    """Everything before a run, in the order that says the most useful error first: the library (a real
+    .so, not a git-lfs pointer), the build tools, the GPU, the library's code for that GPU, then the build."""
+    library = find_library(libspconv)
+    tools = None if runner else find_toolchain()  # what to install is said on any machine, GPU or not
+    gpu = find_gpu()
+    archs = check_runs_on(library.so_file, gpu.name, gpu.compute_capability)
+    executable = runner_in(runner) if runner else build_runner(library, tools, quiet=quiet)
+    return Setup(library=library, gpu=gpu, archs=archs, runner=executable)
