@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers.engine import build, library as lib
-from helpers.engine.results import describe_run, show_saved
+from helpers.engine.results import describe_run, meets_target, show_saved
 from helpers.errors import WorkbookError
 from tests.conftest import ROOT
 
@@ -320,3 +320,18 @@ def test_a_crash_of_the_engine_is_one_line(engine, exported, workdir, tmp_path):
 def test_without_saved_runs_the_notebook_says_so(tmp_path, capsys):
     assert show_saved(tmp_path) == []
     assert "No saved run of NVIDIA's engine" in capsys.readouterr().out
+
+
+def test_saved_runs_are_shown_and_checked(tmp_path, capsys):
+    run = {"precision": "int8", "cosine": {"float": 0.99990, "fake-quant": 0.99995}, "max_abs": {},
+           "ms": 1.2, "ms_all": [1.1, 1.2, 1.3], "layers": [["conv0", "Float16"], ["conv1", "Int8"]]}
+    saved = {"label": "key frame", "file": "scn.onnx", "voxels": 17509, "date": "2026-12-01T00:00:00+00:00",
+             "machine": {"gpu": "GPU X", "driver": "1.0", "compute_capability": "9.0"},
+             "libspconv": "lib/x86_64_cuda12.6/libspconv.so", "libspconv_archs": "sm_90", "runs": [run]}
+    (tmp_path / "a.json").write_text(__import__("json").dumps(saved))
+    assert show_saved(tmp_path) == [saved]
+    out = capsys.readouterr().out
+    assert "key frame: 17,509 voxels, GPU X" in out and "1 Float16, 1 Int8" in out and "0.999950 vs fake-quant" in out
+    assert meets_target(run)
+    assert not meets_target(dict(run, cosine={"float": 0.9999, "fake-quant": 0.99989}))
+    assert not meets_target(dict(run, precision="fp16"))  # fp16 is held to 0.99999 against float

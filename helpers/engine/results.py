@@ -4,6 +4,7 @@
     runs = run_here(onnx_path, reference) when it can: int8 and fp16, printed as the command line prints them
     saved = show_saved(folder)            when it cannot: the JSON files of `python -m helpers.engine
                                           --save-json` in docs/engine/ (machine, date, figures), or says none
+    meets_target(saved[0]["runs"][0])     a saved build reached its target (fp16 vs float, int8 vs fake-quant)
 """
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import List
 
 from helpers.engine.gpu import find_gpu
+from helpers.engine.run import TARGETS, run_engine, set_up
 from helpers.errors import WorkbookError
 
 SAVED = Path(__file__).resolve().parents[2] / "docs" / "engine"  # docs/engine/*.json, from real GPU runs
@@ -50,13 +52,18 @@ def engine_status() -> Status:
 
 def run_here(onnx_path, reference, repeat: int = 50) -> List:
     """Build (once) and run the engine on the file, in int8 and fp16; print each run's line and return the runs."""
-    from helpers.engine.run import run_engine, set_up  # torch: only when there is something to run
     setup = set_up(os.environ["SCN_LIBSPCONV"])
     print(f"libspconv {setup.library.so_file} ({setup.archs}) on {setup.gpu.name}")
     runs = [run_engine(setup.runner, setup.library, onnx_path, reference, p, repeat=repeat) for p in ("int8", "fp16")]
     for run in runs:
         print(run.line())
     return runs
+
+
+def meets_target(saved_run: dict) -> bool:
+    """Whether one saved build (an entry of "runs") reached its target (run.TARGETS)."""
+    against, least = TARGETS[saved_run["precision"]]
+    return saved_run["cosine"][against] >= least
 
 
 def describe_run(saved: dict) -> List[str]:
