@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab bench export notebooks student slides web-assets system-deps lock clean
+.PHONY: run test lab bench export notebooks student slides web-assets system-deps engine-deps engine-runner lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
@@ -36,7 +36,7 @@ web-assets: $(STAMP)
 	$(PY) tools/web_assets.py fetch
 
 ## test: every test, notebooks and the browser test included
-test: $(STAMP) system-deps web-assets
+test: $(STAMP) system-deps engine-deps web-assets
 	$(PY) -m pytest
 
 ## lab: JupyterLab on notebooks/
@@ -50,6 +50,15 @@ bench: $(STAMP)
 ## system-deps: Chromium and a Chinese font for the browser tests (installed with apt-get when we are root)
 system-deps:
 	@bash tools/install-system-deps.sh
+
+## engine-deps: what python -m helpers.engine builds with: g++, protoc, libprotobuf (system-deps) and the CUDA 12 runtime
+engine-deps: $(STAMP) system-deps
+	$(PY) -m pip install -q nvidia-cuda-runtime-cu12==12.9.79
+
+## engine-runner: a runner to carry to a GPU machine without g++ or protoc (LIBSPCONV: NVIDIA's 3DSparseConvolution)
+LIBSPCONV ?= ../shared/engine/3DSparseConvolution
+engine-runner: engine-deps
+	$(PY) -m helpers.engine --build-only --out-dir .gpu-data/runner --libspconv $(LIBSPCONV)
 
 ## lock: regenerate requirements.lock (uv, with hashes) and environment.yml from pyproject.toml; see tools/lock.sh
 lock:

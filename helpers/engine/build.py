@@ -107,7 +107,7 @@ def compile_runner(library: Library, tools: Toolchain, folder: Path, rpath: List
     _run([tools.protoc, f"-I{proto_dir}", f"--cpp_out={generated}", *map(str, library.protos)], log, "protoc")
     runner = folder / "runner"
     lib_dir = library.so_file.parent
-    _run([tools.cxx, "-std=c++17", "-O2", "-o", str(runner),
+    _run([tools.cxx, "-std=c++17", "-O2", "-s", "-o", str(runner),  # -s: no debug symbols, a smaller file
           f"-I{library.include}", f"-I{library.parser.parent}", f"-I{folder}", f"-I{generated}",
           str(RUNNER_SOURCE), str(library.parser), *map(str, sorted(generated.glob("*.pb.cc"))),
           f"-L{lib_dir}", f"-l:{library.so_file.name}", f"-L{tools.cuda_lib}", f"-l:{CUDART}",

@@ -13,7 +13,7 @@ from pathlib import Path
 from helpers.errors import WorkbookError
 
 NO_GPU = "no NVIDIA GPU here ({why}); NVIDIA's engine needs one: run this on a machine with an NVIDIA GPU " \
-         "and its driver (see the saved results in notebook 03 otherwise)"
+         "and its driver"
 
 
 @dataclass
