@@ -76,9 +76,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def cache_key(library: Library, tools: Toolchain) -> str:
-    """A hash of what goes into the runner: sources, libspconv (path, size, mtime) and the tools."""
+    """A hash of what goes into the runner: sources (and this file: how they are compiled), libspconv (path,
+    size, mtime) and the tools."""
     digest = hashlib.sha256()
-    for source in [RUNNER_SOURCE, library.parser, library.parser.with_suffix(".hpp"), *library.protos]:
+    for source in [Path(__file__), RUNNER_SOURCE, RUNNER_SOURCE.with_name("cuda_api.h"), library.parser, library.parser.with_suffix(".hpp"), *library.protos]:
         digest.update(source.read_bytes())
     for path in [library.so_file, library.include / "spconv" / "engine.hpp", tools.cuda_lib / CUDART]:
         digest.update(_fingerprint(path).encode())
