@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from helpers.check.agree import Reference, compare
+from helpers.check.runtime import check_coords, graph_grid
 from helpers.engine.build import build_runner, find_toolchain, runner_in
 from helpers.engine.gpu import Gpu, find_gpu
 from helpers.engine.library import Archs, Library, check_runs_on, find_library
 from helpers.errors import WorkbookError
-from helpers.check.runtime import check_coords, graph_grid
 
 TARGETS = {"fp16": ("float", 0.99999), "int8": ("fake-quant", 0.9999)}  # precision -> (against, least cosine)
 DTYPES = {"Float16": np.float16, "Float32": np.float32}  # the engine's dtype_string -> numpy
