@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers.engine import build, library as lib
-from helpers.engine.results import describe_run, meets_target, show_saved
+from helpers.engine.results import describe_run, engine_status, meets_target, show_saved
 from helpers.errors import WorkbookError
 from tests.conftest import ROOT
 
@@ -335,3 +335,15 @@ def test_saved_runs_are_shown_and_checked(tmp_path, capsys):
     assert meets_target(run)
     assert not meets_target(dict(run, cosine={"float": 0.9999, "fake-quant": 0.99989}))
     assert not meets_target(dict(run, precision="fp16"))  # fp16 is held to 0.99999 against float
+
+
+def test_engine_status_needs_a_gpu_and_scn_libspconv(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 570.00, 9.0")))
+    monkeypatch.delenv("SCN_LIBSPCONV", raising=False)
+    status = engine_status()
+    assert not status.can_run and "SCN_LIBSPCONV is not set" in status.why and "H100" in status.why
+    monkeypatch.setenv("SCN_LIBSPCONV", str(tmp_path))
+    assert engine_status().can_run
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no nvidia-smi
+    if not Path("/proc/driver/nvidia").exists():
+        assert "no NVIDIA GPU" in engine_status().why and not engine_status().can_run
