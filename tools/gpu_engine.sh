@@ -16,15 +16,18 @@
 # 2. exports the default synthetic scene and the real 10-sweep scan, with their PyTorch outputs;
 # 3. runs both in the engine, int8 and fp16: engine_<scan>.json (machine, date, figures) and the printout;
 # 4. runs tests/test_gpu_engine.py (the targets).
-# Everything goes to $OUT (default build/gpu_engine). Afterwards copy the JSON files to docs/engine/.
+# The JSON files and the printout go to $OUT (default build/gpu_engine), the exports to $WORK; exit code 0
+# when every step passed. Afterwards copy $OUT/engine_*.json to docs/engine/ (notebook 03 shows them).
 set -u
 ENGINE_DIR="${1:?usage: bash tools/gpu_engine.sh ENGINE_DIR [DATA_DIR]}"
 DATA_DIR="${2:-.gpu-data/data}"
 [ -d "$DATA_DIR" ] || DATA_DIR=../shared/data
 OUT="${OUT:-build/gpu_engine}"
+WORK="${WORK:-build/gpu_engine_work}"  # the exports and their tensors (~70 MB a scan): kept out of $OUT
 PREBUILT="${PREBUILT:-.gpu-data/runner}"
 PY="${PYTHON:-python}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
+FAILED=0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOG="$OUT/gpu_engine.txt"
 : > "$LOG"
@@ -38,7 +41,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
   timeout "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.stderr"
   local code=$?
   tail -n 30 "$OUT/$name.out" | tee -a "$LOG"
-  [ "$code" -eq 0 ] || { say "   ($name exited $code; see $OUT/$name.stderr)"; tail -n 5 "$OUT/$name.stderr" | tee -a "$LOG"; }
+  [ "$code" -eq 0 ] || { FAILED=1; say "   ($name exited $code; see $OUT/$name.stderr)"; tail -n 5 "$OUT/$name.stderr" | tee -a "$LOG"; }
   return $code
 }
 
@@ -55,6 +58,7 @@ RUNNER_ARGS=()
 if step build 300 "$PY" -m helpers.engine --build-only --libspconv "$ENGINE_DIR"; then
   say "runner: built on this machine"
 elif [ -x "$PREBUILT/runner" ]; then
+  FAILED=0  # not building here is expected on a machine without g++ or protoc
   RUNNER_ARGS=(--runner "$PREBUILT")
   export SCN_ENGINE_RUNNER="$PREBUILT"
   say "runner: the prebuilt one in $PREBUILT"
@@ -67,8 +71,8 @@ fi
 run_scan() {  # run_scan NAME LABEL EXPORT-OPTIONS...
   local name=$1 label=$2
   shift 2
-  step "export_$name" 180 "$PY" -m helpers.export --quiet --out "$OUT/$name/scn.onnx" --save-tensors "$OUT/$name/tensors" "$@" &&
-  step "engine_$name" 180 "$PY" -m helpers.engine "$OUT/$name/scn.onnx" --tensors "$OUT/$name/tensors" \
+  step "export_$name" 180 "$PY" -m helpers.export --quiet --out "$WORK/$name/scn.onnx" --save-tensors "$WORK/$name/tensors" "$@" &&
+  step "engine_$name" 180 "$PY" -m helpers.engine "$WORK/$name/scn.onnx" --tensors "$WORK/$name/tensors" \
     --libspconv "$ENGINE_DIR" --precision both --repeat 100 --label "$label" --save-json "$OUT/engine_$name.json" \
     ${RUNNER_ARGS[@]+"${RUNNER_ARGS[@]}"}
 }
@@ -85,4 +89,5 @@ if ! "$PY" -c "import pytest" 2>/dev/null; then
 else
   SCN_LIBSPCONV="$ENGINE_DIR" step pytest 240 "$PY" -m pytest -x -q -s -p no:cacheprovider tests/test_gpu_engine.py
 fi
-say "gpu_engine.sh: $((SECONDS - START)) s; files in $OUT"
+say "gpu_engine.sh: $((SECONDS - START)) s; files in $OUT; $([ $FAILED = 0 ] && echo 'every step passed' || echo 'a step FAILED')"
+exit $FAILED
