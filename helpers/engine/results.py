@@ -86,7 +86,8 @@ def show_saved(folder=SAVED) -> List[dict]:
     """Print the saved real runs in `folder` (or say plainly that there is none) and return them."""
     paths = sorted(Path(folder).glob("*.json"))
     if not paths:
-        print(f"No saved run of NVIDIA's engine is in {folder} yet: no figures to show. They come from a real GPU "
+        shown = folder.relative_to(SAVED.parents[1]) if Path(folder) == SAVED else folder  # docs/engine
+        print(f"No saved run of NVIDIA's engine is in {shown} yet: no figures to show. They come from a real GPU "
               "run: python -m helpers.engine FILE --tensors DIR --libspconv PATH --save-json docs/engine/NAME.json")
         return []
     saved = [json.loads(path.read_text()) for path in paths]
