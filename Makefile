@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= auto
 export PYTHON VENV TORCH TORCH_CPU_INDEX
 
-.PHONY: run test lab bench export notebooks student slides web-assets system-deps install doctor lock clean
+.PHONY: run test lab bench export notebooks student slides web-assets system-deps engine-deps engine-runner install \
+        doctor lock clean
 
 $(STAMP): requirements.lock requirements-torch-cuda.lock pyproject.toml tools/install.sh
 	bash tools/install.sh
@@ -43,7 +44,7 @@ web-assets: $(STAMP)
 	$(PY) tools/web_assets.py fetch
 
 ## test: every test, notebooks and the browser test included
-test: $(STAMP) system-deps web-assets
+test: $(STAMP) system-deps engine-deps web-assets
 	$(PY) -m pytest
 
 ## lab: JupyterLab on notebooks/
@@ -57,6 +58,15 @@ bench: $(STAMP)
 ## system-deps: Chromium and a Chinese font for the browser tests (installed with apt-get when we are root)
 system-deps:
 	@bash tools/install-system-deps.sh
+
+## engine-deps: what python -m helpers.engine builds with: g++, protoc, libprotobuf (system-deps); the CUDA 12 runtime
+## (nvidia-cuda-runtime-cu12) comes with requirements.lock
+engine-deps: $(STAMP) system-deps
+
+## engine-runner: a runner to carry to a GPU machine without g++ or protoc (LIBSPCONV: NVIDIA's 3DSparseConvolution)
+LIBSPCONV ?= ../shared/engine/3DSparseConvolution
+engine-runner: engine-deps
+	$(PY) -m helpers.engine --build-only --out-dir .gpu-data/runner --libspconv $(LIBSPCONV)
 
 ## lock: regenerate requirements.lock and requirements-torch-cuda.lock (uv, hashes, Python 3.10-3.13) and environment.yml
 lock:

@@ -33,8 +33,11 @@ def name_of(entry: str) -> str:
 
 
 def is_torch_stack(name: str) -> bool:
-    """torch and what only PyPI's CUDA build of torch brings."""
-    return name in ("torch", "triton") or name.startswith(("nvidia-", "cuda-"))
+    """torch and the wheels only PyPI's CUDA 13 build of torch brings (the CPU build and TORCH=system need none of
+    them). torch's pure-Python dependencies (sympy, networkx, ...) stay in requirements.lock: every torch needs them.
+    nvidia-cuda-runtime-cu12 is the workbook's own (libcudart.so.12 for python -m helpers.engine)."""
+    return name in ("torch", "triton") or name.startswith("cuda-") or \
+        (name.startswith("nvidia-") and not name.endswith("-cu12"))
 
 
 def split(text: str) -> tuple:
