@@ -11,7 +11,8 @@
 #   TORCH=cuda    torch 2.13.0 from PyPI, a CUDA 13 build, with its nvidia-* wheels (requirements-torch-cuda.lock,
 #                 hashes); its GPU code needs an NVIDIA driver >= 580.
 #   TORCH=system  keep the torch that $PYTHON already imports (NVIDIA's PyTorch container, a conda environment):
-#                 the venv sees $PYTHON's packages, torch is not installed again, the rest comes from the lock.
+#                 the venv sees $PYTHON's packages (after its own), torch is not installed again, the rest comes
+#                 from the lock.
 #
 #   PYTHON=python3.12 VENV=.venv TORCH=auto TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu tools/install.sh
 #   tools/install.sh --plan      # print the plan (the torch rule's choice and each pip command); change nothing
@@ -60,21 +61,31 @@ if [ "$mode" = system ]; then
   note "TORCH=system: keeping torch $have of $PYTHON"
 fi
 
-# 3. The venv: one that sees the system's packages for TORCH=system, an isolated one otherwise. A venv made
-#    for the other kind is made anew (it is ours: .venv holds nothing else).
-want_system=false
-[ "$mode" = system ] && want_system=true
+# 3. The venv. For TORCH=system it also sees $PYTHON's own packages, through a .pth file that lists $PYTHON's
+#    site-packages folders after the venv's own (the lock's versions come first; torch is found there). This works
+#    where `venv --system-site-packages` does not: when $PYTHON is itself a venv (NVIDIA's containers, pipx, uv).
+#    A venv made for another Python or the other rule is made anew (it is ours: .venv holds nothing else).
+SYSTEM_PTH=system-python.pth
 if [ -x "$PY" ]; then
-  has_system=$(grep -qi '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg" && echo true || echo false)
+  had_system=$(ls "$VENV"/lib/python*/site-packages/$SYSTEM_PTH >/dev/null 2>&1 && echo true || echo false)
+  want_system=$([ "$mode" = system ] && echo true || echo false)
   same_python=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)
-  if [ "$has_system" != "$want_system" ] || [ "$same_python" != "$version" ]; then
+  if [ "$had_system" != "$want_system" ] || [ "$same_python" != "$version" ]; then
     note "$VENV was made for another Python or torch rule: making it anew"
     run rm -rf "$VENV"
   fi
 fi
 if [ ! -x "$PY" ] || [ "$PLAN" = 1 ]; then
-  if [ "$want_system" = true ]; then run "$PYTHON" -m venv --system-site-packages "$VENV"
-  else run "$PYTHON" -m venv "$VENV"; fi
+  run "$PYTHON" -m venv "$VENV"
+fi
+if [ "$mode" = system ]; then
+  if [ "$PLAN" = 1 ]; then
+    echo "+ list $PYTHON's site-packages in $VENV/lib/python$version/site-packages/$SYSTEM_PTH"
+  else
+    site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() + [site.getusersitepackages()]))' \
+      > "$site/$SYSTEM_PTH"
+  fi
 fi
 # A pip that reads the locks' environment markers and hashes (no network when it is new enough already).
 run "$PY" -m pip install -q "pip>=23.1"
