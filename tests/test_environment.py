@@ -83,7 +83,7 @@ def test_required_pins():
 
 def test_test_only_packages_are_not_runtime_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["dependencies"]}
+    runtime = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
     assert {"pytest", "playwright", "hypothesis"} & runtime == set()
     assert {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["optional-dependencies"]["test"]} == \
         {"pytest", "playwright", "hypothesis"}
