@@ -7,7 +7,7 @@
 #   TORCH=cpu     torch 2.13.0+cpu, PyTorch's CPU build (about 190 MB). A wheel pip already has at hand (its
 #                 find-links) is taken first; else it comes from TORCH_CPU_INDEX (PyTorch's CPU index, or a
 #                 mirror of it). Where neither has it, PyPI's build is installed instead, with a note: about
-#                 2.9 GB with its nvidia-* wheels, and it runs on the CPU too.
+#                 2.7 GB with its nvidia-* wheels, and it runs on the CPU too.
 #   TORCH=cuda    torch 2.13.0 from PyPI, a CUDA 13 build, with its nvidia-* wheels (requirements-torch-cuda.lock,
 #                 hashes); its GPU code needs an NVIDIA driver >= 580.
 #   TORCH=system  keep the torch that $PYTHON already imports (NVIDIA's PyTorch container, a conda environment):
@@ -118,7 +118,7 @@ case "$mode" in
       source="$TORCH_CPU_INDEX"
     else
       note "PyTorch's CPU build is not at hand; installing PyPI's torch $torch_release instead: a CUDA 13 build of" \
-           "about 2.9 GB with its nvidia-* wheels, which runs on the CPU too (TORCH_CPU_INDEX=<a mirror> avoids it)"
+           "about 2.7 GB with its nvidia-* wheels, which runs on the CPU too (TORCH_CPU_INDEX=<a mirror> avoids it)"
       "$PY" "${pip_quiet[@]}" --require-hashes -r requirements-torch-cuda.lock
       source="PyPI (CUDA 13 build, CPU index unreachable)"
     fi;;
