@@ -64,6 +64,11 @@ def test_trainer_states_the_figures_and_its_sections_add_up(stem):
     assert sum(minutes for _, minutes in sections) == total(entry)
 
 
+def test_readme_states_the_teaching_times():
+    minutes = [str(total(NOTEBOOKS[stem])) for stem in sorted(NOTEBOOKS)]
+    assert f"(in class: {', '.join(minutes[:-1])} and {minutes[-1]} minutes;" in README
+
+
 @pytest.mark.parametrize("stem", sorted(NOTEBOOKS))
 def test_readme_states_the_run_time(stem):
     row = row_of(README, stem)
