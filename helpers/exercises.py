@@ -6,6 +6,7 @@ In a notebook (each notebook's checks live in helpers/exercises_0N.py):
     exercises = Exercises("01_hooks", exercises_01.EXERCISES, protect=exercises_01.PROTECT)
     ...
     exercises.check(1)        # the check cell after exercise 1: one line
+    exercises.hint(1)         # a nudge first; each further call gives the next, fuller hint
     ...
     results = dict(..., exercises=exercises.results())  # {"solved": k, "total": n} in the RESULTS line
 
@@ -15,6 +16,9 @@ up by name in the notebook. The check function tries the answer on inputs it var
 hard-coded answer cannot pass, and raises `NotYet` for the first thing that is wrong. The cell prints
 "solved" or "not yet" with what was expected, what arrived and a hint; it never prints the answer and
 never raises, so "Run All" goes on to the end and a headless run finishes.
+
+Hints come in levels: the stub of the student edition carries the first (a nudge, the `### HINT:` line of the
+exercise cell), and `exercises.hint(N)` prints the next level at each call, the last one the most explicit.
 """
 import random
 import sys
@@ -133,6 +137,7 @@ class Exercise:
     title: str
     check: Callable
     needs: Tuple[str, ...]
+    hints: Tuple[str, ...] = ()  # levels: hints[0] is the stub's nudge, each next one says more
 
 
 @dataclass
@@ -150,6 +155,7 @@ class Exercises:
     protect: Sequence[Any] = ()  # classes (or ClassState / ListState) a check puts back before and after
     namespace: Optional[dict] = None  # where the answers live; default: the globals of the calling cell
     verdicts: Dict[int, Verdict] = field(default_factory=dict)
+    hints_shown: Dict[int, int] = field(default_factory=dict)  # exercise number -> levels printed so far
 
     def __post_init__(self):
         self.by_number = {e.number: e for e in self.exercises}
@@ -182,11 +188,15 @@ class Exercises:
         except NotYet as wrong:
             solved = False
             lines += describe(wrong)
+            if exercise.hints:
+                lines.append(f"  more:     exercises.hint({number}) gives a hint, and more at each call")
         except NotImplementedError as stub:
             solved = False
             lines.append("  problem:  the exercise cell still raises NotImplementedError: replace that line with your code.")
             if str(stub):
                 lines.append(f"  hint:     {stub}")
+            if exercise.hints:
+                lines.append(f"  more:     exercises.hint({number}) gives a hint, and more at each call")
         except RecursionError:
             solved = False
             lines.append("  problem:  your code calls itself without end (RecursionError).")
@@ -206,6 +216,19 @@ class Exercises:
         text = "\n".join(lines)
         self.verdicts[number] = Verdict(number, solved, text)
         print(text)
+
+    def hint(self, number: int) -> None:
+        """Print the next level of exercise `number`'s hints (the first call: the nudge); never raise."""
+        exercise = self.by_number.get(number)
+        if exercise is None or not exercise.hints:
+            known = sorted(n for n, e in self.by_number.items() if e.hints)
+            print(f"There are no hints for exercise {number!r} in {self.notebook}: exercises with hints are {known}.")
+            return
+        level = min(self.hints_shown.get(number, 0), len(exercise.hints) - 1)  # the last level repeats
+        self.hints_shown[number] = level + 1
+        levels = len(exercise.hints)
+        more = (f"more: exercises.hint({number})" if level + 1 < levels else "that is the last hint")
+        print(f"Exercise {number}, hint {level + 1} of {levels}: {exercise.hints[level]}\n  ({more})")
 
     def results(self) -> Dict[str, int]:
         """{"solved": k, "total": n} for the notebook's RESULTS line."""

@@ -26,7 +26,7 @@ PREFIXES = ["conv", "relu", "add", "gemm", "pool", "scatter", "dense", "transpos
 def check_counted(counted):
     rng = fresh_random()
     log = []
-    prefix, other_prefix = rng.sample(PREFIXES, 2)
+    prefix, other_prefix, outer_prefix = rng.sample(PREFIXES, 3)
     decorator = counted(log, prefix)
     expect(callable(decorator), f"counted(log, {prefix!r}) should return a decorator (a function)",
            "a function that takes the function to wrap", type(decorator).__name__,
@@ -47,36 +47,62 @@ def check_counted(counted):
                  hint="count inside the wrapper, when the function is CALLED")
     other = counted(log, other_prefix)(volume)
     same_prefix = counted(log, prefix)(volume)  # a second function with the same prefix: its own count
+    twin = decorator(volume)  # a second function wrapped by the SAME decorator object: its own count too
 
-    expected, calls = [], {"area": 0, "other": 0, "same": 0}
-    order = ["area", "other", "same", "area"] + [rng.choice(["area", "other", "same"]) for _ in range(rng.randint(1, 4))]
+    def surface(width, height, depth):  # calls a decorated function: that inner call finishes first
+        return 2 * (wrapped(width, height=height) + width * depth + height * depth)
+
+    outer = counted(log, outer_prefix)(surface)
+
+    expected, calls = [], {"area": 0, "other": 0, "same": 0, "twin": 0, "outer": 0}
+    names = {"area": prefix, "other": other_prefix, "same": prefix, "twin": prefix, "outer": outer_prefix}
+    order = list(calls) + [rng.choice(list(calls)) for _ in range(rng.randint(1, 4))]
     rng.shuffle(order)  # every function is called, so a count shared between them shows
     for which in order:
         w, h, d = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         if which == "area":
             result, wanted = wrapped(w, height=h), w * h  # a keyword argument too
-            expected.append(f"{prefix}{calls['area']}")
-        elif which == "other":
-            result, wanted = other(w, h, d), w * h * d
-            expected.append(f"{other_prefix}{calls['other']}")
+        elif which == "outer":
+            result, wanted = outer(w, h, d), 2 * (w * h + w * d + h * d)
+            expected.append(f"{prefix}{calls['area']}")  # the inner area call finishes before surface does
+            calls["area"] += 1
         else:
-            result, wanted = same_prefix(w, h, d), w * h * d
-            expected.append(f"{prefix}{calls['same']}")
+            result, wanted = {"other": other, "same": same_prefix, "twin": twin}[which](w, h, d), w * h * d
+        expected.append(f"{names[which]}{calls[which]}")
         calls[which] += 1
         expect_equal(result, wanted, f"the decorated function returned {result!r} for arguments ({w}, {h}, ...)",
                      hint="the wrapper must return what the original function returns")
     if log != expected:
-        hint = "each call appends prefix + that function's own count, starting at 0"
-        if [name.rstrip("0123456789") for name in log] == [name.rstrip("0123456789") for name in expected]:
-            hint = ("the prefixes are right, the numbers are not: each decorated function needs its own count, "
-                    "starting at 0 (a variable of the decorator's scope, changed with `nonlocal`), "
-                    "not one count shared by all")
-        raise NotYet("the names in the log after a random sequence of calls", expected, log, hint)
+        raise NotYet("the names in the log after a random sequence of calls", expected, log, diagnose_names(log, expected))
     expect_equal(getattr(wrapped, "__name__", None), "area",
                  "the decorated function lost its name", hint="functools.wraps(fn) copies the name and docstring")
     expect(getattr(wrapped, "__wrapped__", None) is area, "the decorated function does not keep the original",
            "wrapped.__wrapped__ is the original function", getattr(wrapped, "__wrapped__", None),
            hint="functools.wraps(fn) also sets __wrapped__")
+
+
+def split_name(name) -> tuple:
+    """'conv12' -> ('conv', 12); a name without a number -> (name, None)."""
+    prefix = str(name).rstrip("0123456789")
+    digits = str(name)[len(prefix):]
+    return prefix, int(digits) if digits else None
+
+
+def diagnose_names(log, expected) -> str:
+    """The hint for a wrong log: numbers off by one, the right names in another order, or shared counts."""
+    if not isinstance(log, list) or len(log) != len(expected):
+        return "each call appends one name: prefix + that function's own count"
+    got, wanted = [split_name(n) for n in log], [split_name(n) for n in expected]
+    if all(g[0] == w[0] and g[1] is not None and g[1] == w[1] + 1 for g, w in zip(got, wanted)):
+        return "every number is one too high: a function's first call is number 0"
+    if sorted(map(str, log)) == sorted(expected):
+        return ("the right names in the wrong order: a name is appended when its call FINISHES, so a decorated "
+                "function called inside another one is named before it")
+    if [g[0] for g in got] == [w[0] for w in wanted]:
+        return ("the prefixes are right, the numbers are not: each decorated function needs its own count, "
+                "starting at 0, not one count shared by several functions (two functions wrapped by the same "
+                "decorator object included)")
+    return "each call appends prefix + that function's own count, starting at 0"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,23 +121,30 @@ def check_count_calls(count_calls):
     expect(name not in torch.Tensor.__dict__, f"torch.Tensor.{name} was patched before the check started")
     inherited = getattr(torch.Tensor, name)
     times = rng.randint(2, 5)
+    wanted = [call(torch.arange(4.0) - i) for i in range(times)]  # before the block: a leftover patch cannot count these
     with count_calls(torch.Tensor, name) as counter:
         expect(isinstance(counter, dict) and "calls" in counter, "the with-block should get a dict with a 'calls' entry",
                "{'calls': 0}", counter, hint="yield the counter dict from the context manager")
         inside = name in torch.Tensor.__dict__
         results = [call(torch.arange(4.0) - i) for i in range(times)]
+    counted = counter["calls"]  # read at once: after the block nothing may count any more
+    leftover = torch.Tensor.__dict__.get(name)
     expect(inside, f"torch.Tensor.{name} was not patched inside the block",
            hint="setattr(owner, name, wrapper) before the yield")
+    if leftover is not None and leftover is not inherited:
+        raise NotYet(f"after the block, torch.Tensor.{name} is still your patch: nothing put the original back",
+                     f"torch.Tensor.{name} as before the block", repr(leftover),
+                     hint="the context manager must undo its patch when the block ends (after the yield)")
     for i, result in enumerate(results):
-        expect(isinstance(result, torch.Tensor) and torch.equal(result, call(torch.arange(4.0) - i)),
+        expect(isinstance(result, torch.Tensor) and torch.equal(result, wanted[i]),
                f"inside the block, the {name} call returned the wrong thing", "the original's result", result,
                hint="the wrapper must call the original and return its result")
-    expect_equal(counter["calls"], times, f"calls of torch.Tensor.{name} counted in the block",
+    expect_equal(counted, times, f"calls of torch.Tensor.{name} counted in the block",
                  hint="add 1 in the wrapper, at every call")
-    if name in torch.Tensor.__dict__:
+    if leftover is not None:
         raise NotYet(f"after the block, torch.Tensor.__dict__ still holds {name!r}",
                      f"no entry: {name} is inherited from torch._C.TensorBase, torch.Tensor had none of its own",
-                     f"torch.Tensor.__dict__[{name!r}] = {torch.Tensor.__dict__[name]!r}",
+                     f"torch.Tensor.__dict__[{name!r}] = {leftover!r}",
                      hint="remember what owner.__dict__ held before patching (None for an inherited method); "
                           "restore by DELETING the entry (delattr) when it held nothing, by assignment otherwise")
     expect(getattr(torch.Tensor, name) is inherited, f"after the block, torch.Tensor.{name} is not the original")
@@ -229,7 +262,26 @@ def check_trace_ops(trace_ops):
 
 
 EXERCISES = [
-    Exercise(1, "counted: a decorator factory that counts and names calls", check_counted, ("counted",)),
-    Exercise(2, "count_calls: patch, count, restore exactly", check_count_calls, ("count_calls",)),
-    Exercise(3, "trace_ops: a trace with a re-entrancy guard", check_trace_ops, ("trace_ops",)),
+    Exercise(1, "counted: a decorator factory that counts and names calls", check_counted, ("counted",), hints=(
+        "three functions nested: the factory returns a decorator, the decorator returns a wrapper",
+        "a count belongs to ONE decorated function: make it where a function gets wrapped, and change it from "
+        "the wrapper with `nonlocal`",
+        "in the wrapper: call fn and keep its result, then append prefix + count, add 1, return the result; "
+        "functools.wraps(fn) keeps fn's name and docstring",
+    )),
+    Exercise(2, "count_calls: patch, count, restore exactly", check_count_calls, ("count_calls",), hints=(
+        "an inherited method has no entry in the class's own __dict__: look there before you patch",
+        "put back exactly what owner.__dict__ held for the name, nothing when it held nothing, also when the "
+        "block raises",
+        "save owner.__dict__.get(name) before patching; after the yield, in a `finally:`, delattr when it was "
+        "None, setattr with the saved entry otherwise",
+    )),
+    Exercise(3, "trace_ops: a trace with a re-entrancy guard", check_trace_ops, ("trace_ops",), hints=(
+        "an op called from inside a recorded op must not be recorded: a wrapper needs to know whether another "
+        "one is running",
+        "one flag shared by all the wrappers (a variable of trace_ops, changed with `nonlocal`): set while an "
+        "original runs; a wrapper that finds it set only computes",
+        "clear the flag in a `finally:`; enter `patched(owner, name, ...)` for every target in a "
+        "contextlib.ExitStack, so everything is put back, also when model(x) raises",
+    )),
 ]

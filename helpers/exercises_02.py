@@ -51,7 +51,12 @@ def check_leaky_registry(make_leaky_registry):
         net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.LeakyReLU(slopes[0]),
                             nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(slopes[1])).eval()
         x = torch.randn(1, 3, size, size)
-    proto = toy.export_toy(net, x, registry=registry)
+    try:
+        proto = toy.export_toy(net, x, registry=registry)
+    except (AttributeError, TypeError) as error:  # most often: the handler's parameters in another order
+        raise NotYet(f"exporting with your registry raised {type(error).__name__}: {error}",
+                     hint="a handler is called as handler(tracer, output, module, *inputs): the output first, then "
+                          "the module, then what the module received; check the order of your parameters")
     ops = [n.op_type for n in proto.graph.node]
     expect_equal(ops, ["Conv", "LeakyRelu", "Conv", "LeakyRelu"], "the ops of Conv -> LeakyReLU -> Conv -> LeakyReLU",
                  hint="one node per LeakyReLU call, op type spelled as ONNX spells it (see onnx.ai/onnx/operators)")
@@ -153,7 +158,12 @@ def check_tensor_names(TensorNames):
     found = [names.find(t) for t in kept]
     expect_equal(found, given, "find() of the tensors just named", hint="find(obj) returns the name add(obj) gave")
     stranger = torch.randn(2)
-    expect(names.find(stranger) is None, "find() of a tensor that was never added", None, names.find(stranger),
+    try:
+        unknown = names.find(stranger)
+    except KeyError as error:
+        raise NotYet(f"find() of a tensor that was never added raised KeyError: {error}", None, "KeyError",
+                     hint="an unknown object has no name: find() should return None, not raise")
+    expect(unknown is None, "find() of a tensor that was never added", None, unknown,
            hint="an unknown object has no name: return None")
 
     for step in range(200):  # name a temporary that nobody else keeps, then make a new tensor of the same kind
@@ -181,7 +191,27 @@ def check_tensor_names(TensorNames):
 
 EXERCISES = [
     Exercise(1, "make_leaky_registry: a handler for nn.LeakyReLU in a copy of the toy registry",
-             check_leaky_registry, ("make_leaky_registry",)),
-    Exercise(2, "make_custom_model: a custom op that passes onnx.checker", check_custom_model, ("make_custom_model",)),
-    Exercise(3, "TensorNames: obj_to_tensor_id without the id-reuse trap", check_tensor_names, ("TensorNames",)),
+             check_leaky_registry, ("make_leaky_registry",), hints=(
+                 "the toy registry must stay as it is: the new one starts from a copy of what it holds",
+                 "register a handler for nn.LeakyReLU's forward, shaped like the toy handlers of section 1: "
+                 "handler(tracer, output, module, x)",
+                 "copy with list(base.patches); the handler adds one node, op type spelled as ONNX spells it, input "
+                 "tracer.tensor_id(x), the module's slope as the attribute ONNX calls `alpha`",
+             )),
+    Exercise(2, "make_custom_model: a custom op that passes onnx.checker", check_custom_model, ("make_custom_model",),
+             hints=(
+                 "onnx.checker knows the ops of the domains it knows: where should an op of your own live?",
+                 "give the node a domain of its own, and make the model import every domain its nodes use",
+                 "make_node(..., domain=domain, **attributes); opset_imports holds helper.make_operatorsetid for \"\" "
+                 "and for the domain",
+             )),
+    Exercise(3, "TensorNames: obj_to_tensor_id without the id-reuse trap", check_tensor_names, ("TensorNames",),
+             hints=(
+                 "id() is unique only among living objects: what must TensorNames do so that a named object "
+                 "cannot die?",
+                 "a dict from key to name, and a list that holds every object named; spconv makes new "
+                 "SparseConvTensor shells around the same features",
+                 "key: id(obj.features) for a SparseConvTensor, id(obj) otherwise; add: the next name "
+                 "str(len(...)), stored and the object kept; find: the same key, None when absent",
+             )),
 ]

@@ -110,7 +110,7 @@ def check_folded_bias(folded_bias):
              "the scale is gamma / sqrt(var + eps)"),
             ((c - m) * scale, "beta is missing", "BatchNorm ends by adding beta"),
             (-m * scale + b, "the conv's own bias is missing",
-             "the conv's bias passes through the BatchNorm too: (conv_bias - mean) * scale + beta"),
+             "the conv's bias is part of what the conv outputs, so it passes through the BatchNorm too"),
             (c - m * scale + b, "the conv's own bias is not scaled",
              "the BatchNorm scales everything the conv outputs, its bias included"),
             ((c + m) * scale + b, "the mean is added, not subtracted", "BatchNorm subtracts the running mean"),
@@ -122,7 +122,8 @@ def check_folded_bias(folded_bias):
                              [round(float(e), 4) for e in expected[:4]], [round(float(e), 4) for e in got[:4]], hint)
         raise NotYet(f"folded bias of {channels} channels (eps={eps})", [round(float(e), 4) for e in expected[:4]],
                      [round(float(e), 4) for e in got[:4]],
-                     "write BatchNorm's y = (x - mean) * gamma / sqrt(var + eps) + beta with x = conv + conv_bias")
+                     "take BatchNorm's formula (section 3, BatchNorm folding) and ask what it makes of the part of "
+                     "the conv's output that does not depend on the input")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,10 +221,32 @@ def check_zyx_output_grid(zyx_output_grid):
 
 
 EXERCISES = [
-    Exercise(1, "int8_codes: what a per-tensor int8 quantizer makes of a tensor", check_int8_codes, ("int8_codes",)),
-    Exercise(2, "folded_bias: a conv's bias after BatchNorm folding", check_folded_bias, ("folded_bias",)),
+    Exercise(1, "int8_codes: what a per-tensor int8 quantizer makes of a tensor", check_int8_codes, ("int8_codes",),
+             hints=(
+                 "the scale maps amax onto the largest code; what becomes of values beyond ±amax?",
+                 "scale, round to the nearest integer (not towards zero), then keep the codes in the narrow "
+                 "int8 range of section 3",
+                 "code = round(x * 127 / amax), kept within -127..127 (torch.round, torch.clamp)",
+             )),
+    Exercise(2, "folded_bias: a conv's bias after BatchNorm folding", check_folded_bias, ("folded_bias",), hints=(
+        "what does the BatchNorm do to the part of the conv's output that does not depend on the input?",
+        "the conv's bias goes through the BatchNorm like any output: the mean comes off, the scale multiplies, "
+        "beta is added",
+        "the scale is gamma / sqrt(var + eps), the same one that multiplies the weights",
+    )),
     Exercise(3, "predict_conv_attributes: activation and precision of every conv", check_conv_attributes,
-             ("predict_conv_attributes",)),
+             ("predict_conv_attributes",), hints=(
+                 "look at what reads each conv's output; and only the two ends of the network are special",
+                 "a ReLU is fused into the conv whose output it reads, and a conv that feeds a residual add has "
+                 "no ReLU of its own",
+                 "a basic block's conv2 feeds the add; the first conv reads the raw (fp16) voxel features and the "
+                 "last one writes the fp16 BEV map; every other input and output is int8",
+             )),
     Exercise(4, "zyx_output_grid: a strided conv's output grid in a zyx graph", check_zyx_output_grid,
-             ("zyx_output_grid",)),
+             ("zyx_output_grid",), hints=(
+                 "compute each axis as a dense conv does, then give the axes in z, y, x order",
+                 "the size formula of a dense conv (torch.nn.Conv3d's documentation), axis by axis, with that "
+                 "axis's kernel, stride and padding; the arguments come in x, y, z order",
+                 "out = (n + 2 * padding - (kernel - 1) - 1) // stride + 1 for x, y and z, then reverse the list",
+             )),
 ]

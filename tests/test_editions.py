@@ -110,3 +110,25 @@ def test_no_solution_line_survives_in_the_student_edition(student_dir, name):
         ast.parse(after.source)  # the student's cell is valid Python
     blocks = sum(cell.source.count(editions.BEGIN) for cell in instructor.cells)
     assert stubs == blocks
+
+
+ROOT_LINE = "ROOT = next("
+
+
+@pytest.mark.parametrize("where", ["notebooks", "build/student"])
+def test_every_notebook_finds_the_project_root_the_same_way_from_either_edition(where, monkeypatch):
+    lines = set()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        found = [line for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"
+                 for line in cell.source.splitlines() if line.startswith("ROOT = ")]
+        assert len(found) == 1, f"{path.name}: expected one `ROOT = ...` line in its set-up cell, found {found}"
+        lines.add(found[0])
+    assert len(lines) == 1, f"the notebooks find their root in different ways: {sorted(lines)}"
+    (line,) = lines
+    assert line.startswith(ROOT_LINE)
+    folder = ROOT / where
+    folder.mkdir(parents=True, exist_ok=True)  # build/student: where `make student` writes the student edition
+    monkeypatch.chdir(folder)
+    namespace = {}
+    exec("from pathlib import Path\n" + line, namespace)
+    assert namespace["ROOT"] == ROOT  # so each notebook writes to <root>/build/, not build/student/build/

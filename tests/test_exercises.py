@@ -101,6 +101,41 @@ def test_list_state_brings_back_the_same_list_with_the_same_items():
     assert state.restore() == ["holder.items (the list object)"] and holder.items is original
 
 
+def test_hints_come_in_levels_a_nudge_first_then_more_the_last_repeats(capsys):
+    levels = ("nudge", "more", "most")
+    exercises = Exercises("00_test", [Exercise(1, "double", check_double, ("double",), hints=levels)],
+                          namespace={"double": lambda v: (_ for _ in ()).throw(NotImplementedError("Exercise 1: nudge"))})
+    exercises.check(1)
+    assert "exercises.hint(1)" in capsys.readouterr().out  # a stub's verdict says where more help is
+    for level, words in enumerate(levels + ("most",), 1):
+        exercises.hint(1)
+        text = capsys.readouterr().out
+        assert f"hint {min(level, 3)} of 3: {words}" in text, text
+    assert "the last hint" in text
+    exercises.hint(5)
+    assert "no hints for exercise 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["exercises_01", "exercises_02", "exercises_03"])
+def test_every_exercise_has_levels_and_its_stub_carries_the_first(module):
+    import importlib
+
+    import nbformat
+
+    from tests.conftest import ROOT
+    from tests.exercise_support import editions
+    exercises = importlib.import_module(f"helpers.{module}").EXERCISES
+    stem = {"exercises_01": "01_hooks", "exercises_02": "02_decorator_trace", "exercises_03": "03_export_scn"}[module]
+    cells = [c.source for c in nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4).cells
+             if c.cell_type == "code" and editions.BEGIN in c.source]
+    for exercise in exercises:
+        assert len(exercise.hints) >= 3, f"{stem} exercise {exercise.number}: hints in levels, at least three"
+        (cell,) = [c for c in cells if editions.exercise_number(c, stem) == exercise.number]
+        first = next(line.strip()[len(editions.HINT):].strip() for line in cell.splitlines()
+                     if line.strip().startswith(editions.HINT))
+        assert first == exercise.hints[0], f"{stem} exercise {exercise.number}: the stub's hint is not the first level"
+
+
 def test_notyet_carries_what_expected_actual_and_hint():
     wrong = NotYet("what", 1, 2, "hint")
     assert (wrong.what, wrong.expected, wrong.actual, wrong.hint) == ("what", 1, 2, "hint")
@@ -161,6 +196,47 @@ def counted(log, prefix):
         return wrapper
     return decorator
 """, ["the names in the log"]),  # hard-coded names
+        ("""
+def counted(log, prefix):
+    count = 0
+    def decorator(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            nonlocal count
+            out = fn(*args, **kwargs)
+            log.append(f"{prefix}{count}")
+            count += 1
+            return out
+        return wrapper
+    return decorator
+""", ["the names in the log", "its own count", "same decorator object"]),  # one count per decorator object
+        ("""
+def counted(log, prefix):
+    def decorator(fn):
+        count = 0
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            nonlocal count
+            log.append(f"{prefix}{count}")  # named when the call starts
+            count += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorator
+""", ["the right names in the wrong order", "FINISHES"]),
+        ("""
+def counted(log, prefix):
+    def decorator(fn):
+        count = 1
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            nonlocal count
+            out = fn(*args, **kwargs)
+            log.append(f"{prefix}{count}")
+            count += 1
+            return out
+        return wrapper
+    return decorator
+""", ["one too high", "number 0"]),  # counting from 1
     ],
     2: [
         ("""
@@ -210,6 +286,17 @@ def count_calls(owner, name):
         else:
             setattr(owner, name, own)
 """, ["calls itself without end", "BEFORE patching"]),
+        ("""
+@contextlib.contextmanager
+def count_calls(owner, name):
+    counter = {"calls": 0}
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        counter["calls"] += 1
+        return original(*args, **kwargs)
+    setattr(owner, name, wrapper)
+    yield counter  # never restored
+""", ["is still your patch", "nothing put the original back", "the check put back"]),
     ],
     3: [
         ("""
@@ -307,6 +394,9 @@ WRONG_02 = {
          ["`alpha` attributes", "negative_slope"]),  # a constant slope
         (LEAKY.format(patches="list(base.patches)", op="LeakyReLU", alpha="module.negative_slope"),
          ["expected: ['Conv', 'LeakyRelu', 'Conv', 'LeakyRelu']", "as ONNX spells it"]),  # PyTorch's spelling
+        (LEAKY.format(patches="list(base.patches)", op="LeakyRelu", alpha="module.negative_slope").replace(
+            "def leaky_relu(tracer, y, module, x)", "def leaky_relu(tracer, module, y, x)"),
+         ["raised AttributeError", "handler(tracer, output, module, *inputs)"]),  # parameters in another order
     ],
     2: [
         (CUSTOM.format(op="op_type", domain='""', imports="[]"),
@@ -319,6 +409,9 @@ WRONG_02 = {
     3: [
         (NAMES.format(key=SPARSE_KEY, keep="pass"), ["has died", "Keep a reference"]),  # no keep-alive
         (NAMES.format(key="id(obj)", keep="self.kept.append(obj)"), ["SAME features", "id(obj.features)"]),  # shell id
+        (NAMES.format(key=SPARSE_KEY, keep="self.kept.append(obj)").replace(
+            "return self.ids.get(self.key(obj))", "return self.ids[self.key(obj)]"),
+         ["raised KeyError", "return None"]),  # a lookup that raises for an unknown object
     ],
 }
 

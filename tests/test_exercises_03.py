@@ -37,7 +37,8 @@ WRONG = {
     2: [(lambda b, m, v, g, be, eps: (b - m) * g / torch.sqrt(v) + be, "eps is missing"),
         (lambda b, m, v, g, be, eps: (b - m) * g / torch.sqrt(v + eps), "beta is missing"),
         (lambda b, m, v, g, be, eps: (b - m) * g / (v + eps) + be, "not by the standard deviation"),
-        (lambda b, m, v, g, be, eps: (0 * b - m) * g / torch.sqrt(v + eps) + be, "conv's own bias is missing")],
+        (lambda b, m, v, g, be, eps: (0 * b - m) * g / torch.sqrt(v + eps) + be, "conv's own bias is missing"),
+        (lambda b, m, v, g, be, eps: be + 0 * b, "BatchNorm's formula")],  # no diagnosis fits: the general hint
     3: [(lambda paths: [("ReLU", "int8", "int8")] * len(paths), "activation of"),
         (lambda paths: [("None" if p.endswith("conv2") else "ReLU", "int8", "int8") for p in paths],
          "precision of conv_input.0"),
@@ -74,6 +75,14 @@ def test_wrong_answers_are_named_then_the_right_one_passes(book, number, capsys)
     text = capsys.readouterr().out
     assert "solved." in text and "NOT YET" not in text, text
     assert book.results() == {"solved": 1, "total": 4}
+
+
+def test_the_folded_bias_hints_do_not_give_the_formula_away(book, capsys):
+    for wrong in (lambda b, m, v, g, be, eps: be + 0 * b, lambda b, m, v, g, be, eps: (0 * b - m) * g / torch.sqrt(v + eps) + be):
+        book.namespace["folded_bias"] = wrong
+        book.check(2)
+        hint = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("hint:")]
+        assert hint and not any("sqrt" in line or "(conv_bias - mean)" in line for line in hint), hint
 
 
 def test_missing_and_unfinished_answers(book, capsys):

@@ -17,8 +17,8 @@ GLOSSARY = ROOT / "docs" / "GLOSSARY.md"
 ROW = re.compile(r"^\|(?P<en>[^|]+)\|(?P<zh>[^|]+)\|(?P<meaning>[^|]+)\|(?P<where>.+)\|\s*$")
 LINK = re.compile(r"\]\(<?(?P<path>\.\./notebooks/[^#>)]+\.ipynb)#(?P<fragment>[^>]+)>?\)")
 CJK = re.compile(r"[\u4e00-\u9fff]")
-REQUIRED_ZH = ["体素", "子流形卷积", "规则书", "校准", "动态范围", "算子", "初始化器", "装饰器", "闭包", "猴子补丁",
-               "重入保护", "BN 折叠"]
+REQUIRED_ZH = ["体素", "子流形卷积", "规则表", "校准", "动态范围", "算子", "初始化器", "装饰器", "闭包", "猴子补丁",
+               "重入保护", "BN 折叠", "训练后量化", "量化感知训练", "对称量化", "逐通道", "量化阈值"]
 
 
 def rows():

@@ -6,6 +6,7 @@
     calibrate   amax of every quantizer from a few scans
     ranges      dynamic_ranges: the amax values the exporter writes into the graph
     cost        int8_cost: fake int8 against float on one scan
+    qat         finetune: a few steps of quantization-aware fine-tuning toward the float output
     reference   reference_run: float and fake-quant outputs, node by node, for the checks of the file
 """
 import sys

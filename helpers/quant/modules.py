@@ -18,8 +18,12 @@ from helpers.errors import WorkbookError
 from helpers.model import ResidualAdd
 
 
-# Symmetric int8, -127..127, the file's semantics. pytorch-quantization 2.1.3's QuantDescriptor defaults to
-# narrow_range=False, and its TensorQuantizer then clamps to -128..127 (fake_tensor_quant's own default is True).
+# Symmetric int8, -127..127: the workbook's choice. NVIDIA's quantizers keep QuantDescriptor's default
+# narrow_range=False, and TensorQuantizer then clamps to -128..127 (fake_tensor_quant's own default is True).
+# Narrow range gives one symmetric grid to everything that quantizes here: the mse / entropy calibration works
+# on histograms of |x| (calibrate.py), and the int8 re-run of the file (helpers/check/int8.py) reads one
+# symmetric range per tensor, so it equals this fake-quant model exactly. Same scale (127 / amax); the two
+# differ only for values below -127.5 / 127 * amax (code -128 there, -127 here).
 INT8 = dict(num_bits=8, narrow_range=True)
 
 

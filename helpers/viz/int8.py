@@ -59,10 +59,10 @@ def shared_scale_rows(voxels: torch.Tensor, amax: float, names: Sequence[str] = 
 
 
 def shared_scale_picture(voxels: torch.Tensor, amax: float, columns=(0, 1, 2, 4), names: Sequence[str] = COLUMNS):
-    """For x, y, z and time-lag: each voxel's value against what one int8 scale (amax / 127) makes of it."""
+    """For x, y, z and time-lag: each voxel's value against what one int8 scale (127 / amax) makes of it."""
     x = voxels.detach().half().float().cpu()
     q = fake_quant(x, torch.tensor(float(amax)))
-    step = float(amax) / 127
+    step = float(amax) / 127  # one int8 step: the value of code 1 (the scale is 127 / amax)
     fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4))
     for ax, i in zip(axes, columns):
         before, after = x[:, i].numpy(), q[:, i].numpy()
