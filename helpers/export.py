@@ -149,7 +149,7 @@ def check_tensors_folder(folder: Path):
     """The --save-tensors folder is replaced whole: it may hold only what an export writes there."""
     if not folder.is_dir():
         return
-    ours = set(TENSOR_FILES) | {MANIFEST}
+    ours = set(TENSOR_FILES) | {"node_stats.npz", MANIFEST}
     for entry in sorted(folder.iterdir()):
         if entry.name not in ours or entry.is_symlink() or not entry.is_file():
             kind = "folder" if entry.is_dir() else "file"

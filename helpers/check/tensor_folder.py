@@ -5,7 +5,7 @@
     read_npy(path)                    one .npy array: sizes checked before reading, no pickles, C order
     read_npz(path)                    every array of an .npz: the same, and the zip's declared sizes first
 
-The folder is written as one unit with its graph (helpers.files.write_set), and its manifest names the
+The folder is written as one unit with its graph (helpers.files.write_set_atomic); its manifest names the
 graph's bytes: a folder beside another export's graph is refused before any number is compared.
 A file is never trusted to be small because it is small on disk: the sizes it declares are checked
 against its real size before anything is allocated, and a zip whose members would inflate far past
