@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from helpers.errors import WorkbookError
+from helpers.files import check_zip_inflation
 
 PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "backbone.", "")
 
@@ -30,6 +31,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WorkbookError(f"{path}: checkpoint file not found; pass an existing .pth file")
+    check_zip_inflation(path, "--checkpoint")  # a small zip that inflates to gigabytes: refused before reading
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:

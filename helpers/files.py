@@ -298,6 +298,29 @@ def temporary_folder(prefix: str = "scn-", dir=None) -> TemporaryFolder:
     return TemporaryFolder(prefix, dir)
 
 
+# ----------------------------------------------------------------------------- sizes a file declares
+INFLATE_MAX = 4  # a zip's members may declare at most this many times the archive's size (torch and savez store)
+
+
+def check_zip_inflation(path, what: str) -> None:
+    """Refuse (WorkbookError) a zip file whose members declare far more bytes than the archive holds, before
+    anything is read: a small file must not make the reader allocate gigabytes. Not a zip: nothing to check."""
+    import zipfile
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # the reader says what is wrong with it
+    if declared > INFLATE_MAX * size + (1 << 20):
+        raise WorkbookError(f"{what} {path}: its zip members declare {declared} bytes in a {size}-byte file (more "
+                            f"than {INFLATE_MAX}x: compressed far past what torch.save and numpy write); refusing "
+                            "to inflate it; use the file as it was saved")
+
+
 # ----------------------------------------------------------------------------- path checks
 def as_paths(value) -> List[Path]:
     if value is None:

@@ -180,8 +180,14 @@ def add(node, a: torch.Tensor, b: torch.Tensor, int8: bool) -> torch.Tensor:
     return a + b
 
 
-def scatter_dense(node, x: spconv.SparseConvTensor) -> torch.Tensor:
+MAX_DENSE = 1 << 31  # values of a dense map spconv can index; a re-run checked against an output allows its size
+
+
+def scatter_dense(node, x: spconv.SparseConvTensor, max_values: int = MAX_DENSE) -> torch.Tensor:
     shape = ints(node, "output_shape")
+    if math.prod(shape) > max_values:  # checked before the map is allocated: the file's claim alone
+        raise NotExecutable(f"{node.name}: output_shape {shape[:6]} holds {math.prod(shape)} values, more than "
+                            f"the {max_values} of the output it is checked against; refusing to allocate it")
     if string(node, "format") not in ("xyz", "zyx"):
         raise NotExecutable(f"{node.name}: format {string(node, 'format')!r}, expected 'xyz' or 'zyx'")
     if list(x.spatial_shape) != ints(node, "input_spatial_shape"):
@@ -232,14 +238,15 @@ def check_grid(node) -> List[int]:
 @torch.no_grad()
 def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = True, dtype: torch.dtype = None,
              accumulate: str = "float", on_node: Optional[Callable] = None,
-             on_conv: Optional[Callable] = None) -> torch.Tensor:
+             on_conv: Optional[Callable] = None, max_values: int = MAX_DENSE) -> torch.Tensor:
     """Execute a saved SCN graph on (voxels [N, C_in], coords [N, 4] int32); return its output.
 
     int8=True: every int8 layer quantizes with the file's dynamic ranges (the engine's int8 build);
     int8=False: the float graph. `dtype` defaults to fp16 on a GPU, fp32 on the CPU. The graph input is
     FLOAT16, so the voxels are rounded to fp16 first. `on_node(node, output)` sees each node's output
     (features [M, C] of a sparse tensor, or the dense tensor); `on_conv(node, x, weight, bias)` sees each
-    SparseConvolution's input sparse tensor and its fp32 weight and bias before the conv runs.
+    SparseConvolution's input sparse tensor and its fp32 weight and bias before the conv runs. `max_values`:
+    the most values the dense map may hold (a file that claims a larger grid is refused before allocating it).
     """
     if accumulate not in ("float", "int32"):
         raise WorkbookError(f"accumulate={accumulate!r}; expected 'float' or 'int32'")
@@ -280,7 +287,7 @@ def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = Tru
         elif op == "Relu":
             y = x.replace_feature(torch.relu(x.features))
         elif op == "ScatterDense":
-            y = scatter_dense(node, x)
+            y = scatter_dense(node, x, max_values)
         elif op == "Transpose":
             check_runnable(node, x)
             y = x.permute(*ints(node, "dims"))

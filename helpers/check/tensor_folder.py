@@ -20,9 +20,9 @@ from typing import Dict, Iterable
 import numpy as np
 
 from helpers.errors import WorkbookError
+from helpers.files import check_zip_inflation
 
 MANIFEST = "manifest.json"
-INFLATE_MAX = 4  # an .npz's members may declare at most this many times the archive's size (savez stores them)
 AGAIN = "export them again with python -m helpers.export --save-tensors"
 
 
@@ -98,15 +98,10 @@ def read_npy(path: Path) -> np.ndarray:
 def read_npz(path: Path) -> Dict[str, np.ndarray]:
     """Every array of an .npz, each checked as read_npy checks one; the zip's declared sizes checked first."""
     path = Path(path)
-    size = path.stat().st_size
+    check_zip_inflation(path, "--tensors")
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-            declared = sum(m.file_size for m in members)
-            if declared > INFLATE_MAX * size + (1 << 20):
-                raise WorkbookError(f"{path}: its members declare {declared} bytes in a {size}-byte archive "
-                                    f"(more than {INFLATE_MAX}x); expected the uncompressed .npz export writes; "
-                                    f"{AGAIN}")
             arrays = {}
             for member in members:
                 if not member.filename.endswith(".npy"):
