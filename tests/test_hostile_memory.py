@@ -92,7 +92,7 @@ def test_a_graph_claiming_a_wider_grid_is_refused_before_the_dense_map(saved, tm
     model = onnx.load(str(path))
     widen = {("SparseConvolution", "input_spatial_shape"): (0, 1),
              ("SparseConvolution", "output_spatial_shape"): (0, 1), ("ScatterDense", "input_spatial_shape"): (0, 1),
-             ("ScatterDense", "output_shape"): (2, 3), ("Reshape", "dims"): (2, 3)}  # the x and y axes of each grid (xyz layout)
+             ("ScatterDense", "output_shape"): (2, 3), ("Reshape", "dims"): (2, 3)}  # the x and y axes (xyz layout)
     for node in model.graph.node:
         for a in node.attribute:
             for axis in widen.get((node.op_type, a.name), ()):
