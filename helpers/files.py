@@ -104,7 +104,7 @@ DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
 
 def _disk_error(path: Path, err: OSError) -> WorkbookError:
     """A write the disk refused, as one line naming the output (nothing of it is left behind)."""
-    reason = DISK_ERRORS.get(err.errno, err.strerror or type(err).__name__)
+    reason = DISK_ERRORS.get(err.errno) or err.strerror or str(err) or type(err).__name__
     return WorkbookError(f"{path}: cannot be written ({reason}); nothing was written; free some space or "
                          "choose another folder")
 
