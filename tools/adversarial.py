@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 import onnx
@@ -34,8 +34,7 @@ EXPORT = ["--scene", "small", "--grid", "bevfusion-01", "--calibrate", "1", "--q
 MEASURE = """
 import resource, subprocess, sys
 code = subprocess.call(sys.argv[1:])
-print("PEAK_MB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, flush=True)
-sys.exit(code)
+print("PEAK_MB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "EXIT", code, flush=True)
 """
 LIMIT = """
 import resource, runpy, sys
@@ -50,6 +49,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 class Case:
     name: str
     prepare: Callable[[Path], List[str]]  # the case's folder (a copy of the export) -> the child's command
+    then: Optional[Callable[[Path], List[str]]] = None  # a command run afterwards: what a reader then finds
 
 
 # ----------------------------------------------------------------------------- what the cases run
@@ -203,6 +203,16 @@ def setuid_link(folder: Path) -> List[str]:
     return module("helpers.export", *export_again("--out", folder / "link.onnx"))
 
 
+def verify_pair(folder: Path) -> List[str]:
+    return module("helpers.verify", folder / "scn.onnx", "--tensors", folder / "t")
+
+
+def modes(folder: Path) -> List[str]:
+    return script("import os, sys; print('error: link.onnx is now mode', oct(os.lstat(sys.argv[1]).st_mode), "
+                  "'; its old target', oct(os.stat(sys.argv[2]).st_mode), file=sys.stderr)",
+                  folder / "link.onnx", folder / "setuid-program")
+
+
 def checkpoint_bomb(folder: Path) -> List[str]:
     deflated_zeros(folder / "bomb.pth", "archive/data/0", 2 << 30)
     return module("helpers.export", *export_again("--checkpoint", folder / "bomb.pth", "--out", folder / "b.onnx"))
@@ -267,9 +277,9 @@ CASES = [Case(f"graph: {name}", verify_damaged(name)) for name in tamper.DAMAGES
     Case("export: full disk (ENOSPC on every write)", full_disk),
     Case("export: a warning before a one-line error", warning_then_error),
     Case("export: a folder named output_int8.npy in --save-tensors", folder_in_tensors),
-    Case("export: SIGTERM between the folder and the graph renames", killed("term")),
-    Case("export: SIGKILL between the folder and the graph renames", killed("kill")),
-    Case("export: --out a symlink to a setuid file", setuid_link),
+    Case("export: SIGTERM between the folder and the graph renames", killed("term"), verify_pair),
+    Case("export: SIGKILL between the folder and the graph renames", killed("kill"), verify_pair),
+    Case("export: --out a symlink to a setuid file", setuid_link, modes),
     Case("export: 2 GiB checkpoint zip bomb", checkpoint_bomb),
     Case("netron: markup file name, foreign Host header", lambda folder: script(NETRON, folder / "scn.onnx")),
     Case("patcher: Ctrl-C during the revert, a call from another thread", lambda folder: script(PATCHER)),
@@ -286,6 +296,7 @@ def snapshot(folder: Path) -> dict:
 def disk_changes(before: dict, after: dict) -> str:
     changed = sorted(k for k in before if k in after and before[k] != after[k])
     new, gone = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    new = [k for k in new if str(Path(k).parent) not in new]  # a new folder once, not each file in it
     parts = [f"changed {', '.join(changed)}" if changed else "", f"new {', '.join(new)}" if new else "",
              f"removed {', '.join(gone)}" if gone else ""]
     return "; ".join(p for p in parts if p) or "unchanged"
@@ -306,12 +317,17 @@ def run_case(case: Case, export_folder: Path, folder: Path) -> str:
     before = snapshot(folder)
     done = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-    out = done.stdout.split("PEAK_MB")[0]
-    peak = float(done.stdout.split("PEAK_MB")[1]) if "PEAK_MB" in done.stdout else float("nan")
-    code = done.returncode if done.returncode >= 0 else f"killed ({-done.returncode})"
+    out, report = done.stdout.split("PEAK_MB")
+    peak, code = float(report.split()[0]), int(report.split()[2])
+    code = code if code >= 0 else f"killed by signal {-code}"
     traceback = " (TRACEBACK)" if "Traceback" in done.stderr else ""
-    message = first_line(out, done.stderr).replace("|", "\\|").replace(str(folder), "DIR")
-    disk = disk_changes(before, snapshot(folder)).replace(str(folder), "DIR")
+    message = first_line(out, done.stderr)
+    disk = disk_changes(before, snapshot(folder))
+    if case.then is not None:  # what a reader finds afterwards (not measured)
+        after = subprocess.run(case.then(folder), cwd=ROOT, capture_output=True, text=True, timeout=900,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        message = f"{message} -- then: exit {after.returncode}, {first_line(after.stdout, after.stderr)}"
+    message, disk = (text.replace(str(folder), "DIR").replace("|", "\\|") for text in (message, disk))
     return f"| {case.name} | {code}{traceback} | {message} | {peak:.0f} | {disk} |"
 
 
