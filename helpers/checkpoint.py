@@ -26,6 +26,7 @@ from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
 from helpers.errors import WorkbookError
+from helpers.files import check_zip_inflation
 from helpers.model import ResidualAdd
 from helpers.whole_model import read_whole_model
 
@@ -37,6 +38,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WorkbookError(f"{path}: checkpoint file not found; pass an existing .pth file")
+    check_zip_inflation(path, "--checkpoint")  # a small zip that inflates to gigabytes: refused before reading
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:

@@ -25,14 +25,15 @@ import torch
 from absl import logging as absl_logging
 
 from helpers import files
-from helpers.check.agree import check_file, tensor_files
+from helpers.check.agree import FILES as TENSOR_FILES, check_file, tensor_files
+from helpers.check.tensor_folder import MANIFEST
 from helpers.check.contract import OP_COUNTS
 from helpers.checkpoint import load_checkpoint
 from helpers.config import NETWORKS, PRESETS, SCNConfig, get_config
 from helpers.data.points import read_points
 from helpers.data.scene import SCENES, make_scene
 from helpers.data.voxelize import voxelize
-from helpers.errors import WorkbookError
+from helpers.errors import WorkbookError, held_warnings, print_warnings
 from helpers.model import build_scn, pick_device, place
 from helpers.pipeline import ExportResult, export_scn, prepare_scn
 from helpers.quant.reference import reference_run
@@ -147,6 +148,20 @@ def check_args(args):
             raise WorkbookError(f"--save-tensors {args.save_tensors}: is the --out file; expected a folder of its "
                                 "own; e.g. --save-tensors build/tensors")
         files.check_output_folder(args.save_tensors, "--save-tensors", inputs)
+        check_tensors_folder(Path(args.save_tensors))
+
+
+def check_tensors_folder(folder: Path):
+    """The --save-tensors folder is replaced whole: it may hold only what an export writes there."""
+    if not folder.is_dir():
+        return
+    ours = set(TENSOR_FILES) | {"node_stats.npz", MANIFEST}
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in ours or entry.is_symlink() or not entry.is_file():
+            kind = "folder" if entry.is_dir() else "file"
+            raise WorkbookError(f"--save-tensors {folder}: holds the {kind} {entry.name!r}, which export does not "
+                                "write and would not keep (the folder is replaced whole); choose an empty folder or "
+                                "one written by --save-tensors")
 
 
 def run(args) -> int:
@@ -180,10 +195,9 @@ def run(args) -> int:
     # before export_scn turns the model (amax buffers included) to fp16 for the trace
     reference = reference_run(prepared, voxels, coords)
     result = export_scn(prepared, voxels, coords, on_node=None if args.quiet else print_node, dtype=dtype)
-    outputs = {args.out: result.model.SerializeToString(deterministic=True)}
-    if args.save_tensors:  # + output_int8.npy and node_stats.npz; written with the graph, all or nothing
-        outputs.update({Path(args.save_tensors) / name: data for name, data in tensor_files(reference).items()})
-    files.write_all_atomic(outputs)
+    graph = result.model.SerializeToString(deterministic=True)
+    folders = {args.save_tensors: tensor_files(reference, graph)} if args.save_tensors else {}
+    files.write_set_atomic({args.out: graph}, folders)  # the graph and its tensors (their manifest names it): one unit
     print(f"wrote {args.out}: {summary(result)} in {time.perf_counter() - t0:.1f} s")
     verdict = check_file(args.out, reference, op_counts=OP_COUNTS[cfg.network], device=device)  # = helpers.verify
     print("\n".join(verdict.lines))
@@ -194,20 +208,23 @@ def main(argv=None) -> int:
     """The command line as a function: 0 (ok), 1 (written, a check failed), 2 (bad input), 3 (a bug)."""
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # pytorch-quantization warns on each quantizer switch
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        return run(args)
-    except SystemExit as stop:  # --help
-        return int(stop.code or 0)
-    except WorkbookError as err:  # every bad input, caught here once
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception:  # not the user's fault: keep the traceback, and do not look like a failed check
-        traceback.print_exc()
-        print("error: internal error (a bug in the workbook); please report the traceback above", file=sys.stderr)
-        return 3
-    finally:
-        absl_logging.set_verbosity(verbosity)
+    with held_warnings() as held:  # a library's warning must not turn the one-line error into three lines
+        try:
+            args = parse_args(sys.argv[1:] if argv is None else argv)
+            code = run(args)
+        except SystemExit as stop:  # --help
+            code = int(stop.code or 0)
+        except WorkbookError as err:  # every bad input, caught here once
+            print(f"error: {err}", file=sys.stderr)
+            return 2  # the one line alone: what went wrong is said, a warning before it would only blur it
+        except Exception:  # not the user's fault: keep the traceback, and do not look like a failed check
+            traceback.print_exc()
+            print("error: internal error (a bug in the workbook); please report the traceback above", file=sys.stderr)
+            code = 3
+        finally:
+            absl_logging.set_verbosity(verbosity)
+    print_warnings(held)
+    return code
 
 
 if __name__ == "__main__":

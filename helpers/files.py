@@ -6,14 +6,19 @@
     write_atomic(path, content)                     bytes, text or a writer into a temporary file, then one rename
     save_atomic(model, path)                        an ONNX ModelProto, serialized deterministically (same bytes)
     write_all_atomic({path: content, ...})          several files, renamed only once every one is complete
+    write_folder_atomic(folder, {name: content})    a folder replaced whole: written beside it, one rename
+    write_set_atomic(files, folders)                files and whole folders as one unit (a graph and its tensors)
     temporary_folder(prefix)                        a folder removed at exit, also on SIGTERM
 
 Temporary files and folders are listed while they exist; a SIGTERM removes them before the process
-ends, so a killed export leaves neither a half-written model nor a stray folder. New files get the
-mode the umask allows (0644 under the usual 022); a file that is replaced keeps its mode.
+ends, so a killed export leaves neither a half-written model nor a stray folder; the renames that put a
+set in place finish before a SIGTERM is acted on. New files get the mode the umask allows (0644 under
+the usual 022); a file that is replaced keeps its permission bits (read from the file, never through a
+symlink; never setuid, setgid or sticky). A full disk is a one-line WorkbookError naming the output.
 This module imports no torch, so a child process that needs only it starts in milliseconds.
 """
 import atexit
+import errno
 import os
 import secrets
 import shutil
@@ -51,8 +56,14 @@ def _remove_all():
     _live.clear()
 
 
+_deferred = {"swapping": False, "signal": None}  # while the renames of a write run, a SIGTERM waits for them
+
+
 def _on_sigterm(signum, frame):
     """Remove every temporary path, then end the way the process would have ended without us."""
+    if _deferred["swapping"]:  # the renames of one write set: finish them first (see _swap)
+        _deferred["signal"] = signum
+        return
     previous = _previous
     if callable(previous):  # the program has its own handler: it decides (its exit unwinds our writes)
         return previous(signum, frame)
@@ -87,56 +98,158 @@ atexit.register(_remove_all)  # a normal exit (or an exception at top level) rem
 
 
 # ----------------------------------------------------------------------------- writes
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # same folder: the rename is atomic
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def _disk_error(path: Path, err: OSError) -> WorkbookError:
+    """A write the disk refused, as one line naming the output (nothing of it is left behind)."""
+    reason = DISK_ERRORS.get(err.errno) or err.strerror or str(err) or type(err).__name__
+    return WorkbookError(f"{path}: cannot be written ({reason}); nothing was written; free some space or "
+                         "choose another folder")
+
+
+def _temporary_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{kind}")  # same folder: the rename is atomic
+
+
+def _kept_mode(path: Path):
+    """The permission bits a file being replaced keeps: read from the file itself, never through a symlink,
+    and never setuid, setgid or sticky; None for a new file (the umask decides)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return stat.S_IMODE(info.st_mode) & 0o777 if stat.S_ISREG(info.st_mode) else None
+
+
+def _write_file(path: Path, content: Content, mode) -> None:
+    """Create `path` (it must not exist), write `content`, flush it to the disk; `mode`: None or bits to set."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
+    with os.fdopen(fd, "wb") as f:
+        if isinstance(content, str):
+            f.write(content.encode("utf-8"))
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            f.write(content)
+        else:
+            content(f)
+        f.flush()
+        os.fsync(f.fileno())
+    if mode is not None:
+        os.chmod(path, mode)
 
 
 def _write_temporary(path: Path, content: Content) -> Path:
     """Write `content` to a listed temporary file beside `path`, with the mode `path` will have."""
-    try:
-        old_mode = stat.S_IMODE(os.stat(path).st_mode)  # a file being replaced keeps its mode
-    except FileNotFoundError:
-        old_mode = None
     tmp = _temporary_name(path)
     _track(tmp, False)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, str):
-                f.write(content.encode("utf-8"))
-            elif isinstance(content, (bytes, bytearray, memoryview)):
-                f.write(content)
-            else:
-                content(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if old_mode is not None:
-            os.chmod(tmp, old_mode)
-    except BaseException:
+        _write_file(tmp, content, _kept_mode(path))
+    except BaseException as err:
         _remove(tmp, False)
         _untrack(tmp)
+        if isinstance(err, OSError):
+            raise _disk_error(path, err) from None
         raise
     return tmp
 
 
-def write_all_atomic(contents: Mapping[Union[str, os.PathLike], Content]) -> List[Path]:
-    """Write every file to a temporary beside it, then rename them all: none is ever half-written."""
-    done: List[tuple] = []  # (temporary, final)
+def _write_temporary_folder(folder: Path, contents: Mapping[str, Content]) -> Path:
+    """A listed temporary folder beside `folder` holding every file of `contents` (names without slashes)."""
+    tmp = _temporary_name(folder)
+    _track(tmp, True)
+    writing = folder  # what a disk error names
     try:
-        for path, content in contents.items():
+        os.mkdir(tmp, 0o777)  # the umask applies, as to a folder made with mkdir
+        for name, content in contents.items():
+            writing = folder / name
+            _write_file(tmp / name, content, _kept_mode(folder / name))
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            os.chmod(tmp, stat.S_IMODE(os.lstat(folder).st_mode) & 0o777)  # a replaced folder keeps its mode
+    except BaseException as err:
+        _remove(tmp, True)
+        _untrack(tmp)
+        if isinstance(err, OSError):
+            raise _disk_error(writing, err) from None
+        raise
+    return tmp
+
+
+def _swap(files: List[tuple], folders: List[tuple]) -> List[Path]:
+    """Rename the complete temporaries into place: folders first, then files. A SIGTERM that arrives meanwhile
+    waits until the last rename is done; an error puts back what was moved. Returns the old folders to remove."""
+    aside: List[tuple] = []  # (old folder moved aside, its path)
+    moved: List[tuple] = []  # (new folder, its path)
+    _deferred["swapping"] = True
+    try:
+        for tmp, folder in folders:
+            if os.path.lexists(folder):
+                old = _temporary_name(folder, "old")
+                os.rename(folder, old)
+                _track(old, True)  # removed after the swap, or by a SIGTERM that waited for it
+                aside.append((old, folder))
+            os.rename(tmp, folder)
+            moved.append((tmp, folder))
+        for tmp, path in files:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, folder in reversed(moved):  # undo: the new folders back to their temporary names ...
+            os.rename(folder, tmp)
+        for old, folder in reversed(aside):  # ... and the old ones back where they were
+            os.rename(old, folder)
+            _untrack(old)
+        raise
+    finally:
+        _deferred["swapping"] = False
+        pending, _deferred["signal"] = _deferred["signal"], None
+        if pending is not None:
+            os.kill(os.getpid(), pending)  # delivered now, after the renames (our handler cleans up)
+    return [old for old, _ in aside]
+
+
+def write_set_atomic(files: Mapping[Union[str, os.PathLike], Content],
+                     folders: Mapping[Union[str, os.PathLike], Mapping[str, Content]] = ()) -> List[Path]:
+    """Write files, and folders whose whole contents are given, as one unit: every temporary is complete
+    before the first rename, and the renames run without a SIGTERM between them. A folder is written as a
+    new sibling and swapped in with one rename, so it never mixes old and new files."""
+    done: List[tuple] = []  # (temporary, final) files
+    built: List[tuple] = []  # (temporary, final) folders
+    try:
+        for folder, contents in dict(folders).items():
+            folder = Path(folder)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            built.append((_write_temporary_folder(folder, contents), folder))
+        for path, content in files.items():
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             done.append((_write_temporary(path, content), path))
-        for tmp, path in done:
-            os.replace(tmp, path)
+        try:
+            old_folders = _swap(done, built)
+        except OSError as err:
+            raise _disk_error((built or done)[0][1], err) from None
     except BaseException:
         for tmp, _ in done:
             _remove(tmp, False)
+        for tmp, _ in built:
+            _remove(tmp, True)
         raise
     finally:
-        for tmp, _ in done:
+        for tmp, _ in done + built:
             _untrack(tmp)
-    return [path for _, path in done]
+    for old in old_folders:
+        _remove(old, True)
+        _untrack(old)
+    return [path for _, path in built + done]
+
+
+def write_all_atomic(contents: Mapping[Union[str, os.PathLike], Content]) -> List[Path]:
+    """Write every file to a temporary beside it, then rename them all: none is ever half-written."""
+    return write_set_atomic(contents)
+
+
+def write_folder_atomic(folder: Union[str, os.PathLike], contents: Mapping[str, Content]) -> Path:
+    """Replace `folder` by one holding exactly `contents` (name -> content), in one rename."""
+    return write_set_atomic({}, {folder: contents})[0]
 
 
 def write_atomic(path: Union[str, os.PathLike], content: Content) -> Path:
@@ -183,6 +296,29 @@ class TemporaryFolder(os.PathLike):
 def temporary_folder(prefix: str = "scn-", dir=None) -> TemporaryFolder:
     """A new temporary folder that cannot outlive this process (see TemporaryFolder)."""
     return TemporaryFolder(prefix, dir)
+
+
+# ----------------------------------------------------------------------------- sizes a file declares
+INFLATE_MAX = 4  # a zip's members may declare at most this many times the archive's size (torch and savez store)
+
+
+def check_zip_inflation(path, what: str) -> None:
+    """Refuse (WorkbookError) a zip file whose members declare far more bytes than the archive holds, before
+    anything is read: a small file must not make the reader allocate gigabytes. Not a zip: nothing to check."""
+    import zipfile
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # the reader says what is wrong with it
+    if declared > INFLATE_MAX * size + (1 << 20):
+        raise WorkbookError(f"{what} {path}: its zip members declare {declared} bytes in a {size}-byte file (more "
+                            f"than {INFLATE_MAX}x: compressed far past what torch.save and numpy write); refusing "
+                            "to inflate it; use the file as it was saved")
 
 
 # ----------------------------------------------------------------------------- path checks

@@ -267,7 +267,7 @@ def test_save_is_atomic(tmp_path, bevfusion, monkeypatch):
         assert Path(source).read_bytes() == proto.SerializeToString(deterministic=True)  # fully written
         raise OSError("disk full")
     monkeypatch.setattr(files.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WorkbookError, match=r"scn.onnx: cannot be written \(disk full\); nothing was written"):
         save_atomic(proto, target)
     assert [p.name for p in tmp_path.iterdir()] == ["scn.onnx"] and target.read_bytes() == b"old"
     monkeypatch.undo()

@@ -134,7 +134,8 @@ GOOD_OUTS, BAD_OUTS = ["new", "nested", "existing"], ["folder", "checkpoint", "p
 GOOD_TENSORS, BAD_TENSORS = ["none", "new"], ["a-file", "inputs-folder", "same-as-out"]
 
 
-TENSOR_FILES = ("voxels.npy", "coors.npy", "output.npy", "output_int8.npy", "node_stats.npz")  # --save-tensors
+TENSOR_FILES = ("voxels.npy", "coors.npy", "output.npy", "output_int8.npy", "node_stats.npz",
+                "manifest.json")  # --save-tensors
 
 
 def snapshot(folder: Path) -> dict:

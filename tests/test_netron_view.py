@@ -264,3 +264,53 @@ def test_show_netron_returns_a_running_server(toy_onnx, capsys):
         assert "IFrame" in capsys.readouterr().out  # outside a notebook, display() prints the repr
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- hostile names, ports and hosts
+def request(url: str, headers: dict) -> int:
+    """The HTTP status `url` answers with these headers (no proxy: this is our own machine)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_model_named_with_markup_reaches_the_page_as_text(tmp_path):
+    model = save_model(tmp_path, 'a"><img src=x onerror=alert(1)>.onnx')
+    with NetronServer(model, proxy=False) as server:
+        page = get(server.local_url).decode()
+        data = get(server.local_url + "data/" + "a___img_src_x_onerror_alert_1__.onnx")
+    assert "<img src=x onerror" not in page  # netron writes the name into the page unescaped: it must be harmless
+    assert '<meta name="name" content="a___img_src_x_onerror_alert_1__.onnx">' in page
+    assert data == model.read_bytes()
+
+
+def test_a_port_taken_between_the_choice_and_the_bind_is_an_error(toy_onnx, monkeypatch):
+    """Another process answers on the chosen port: start() must not call that process's page ours."""
+    import http.server
+    import threading
+    import helpers.viz.netron as viewer
+    other = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(viewer, "free_port", lambda: other.server_address[1])
+        with pytest.raises(WorkbookError, match="did not answer"):
+            NetronServer(toy_onnx, proxy=False).start(timeout=20)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_only_loopback_host_names_or_the_proxy_are_answered(toy_onnx):
+    with NetronServer(toy_onnx, proxy="/user/alice/") as server:
+        port, url = server.port, server.local_url
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert request(url, {"Host": host}) == 200, host
+        for host in (f"attacker.example:{port}", "127.0.0.1.attacker.example", "localhost.evil", ""):
+            assert request(url, {"Host": host}) == 403, host
+        forwarded = {"Host": "hub.example.org", "X-Forwarded-Context": f"/user/alice/proxy/{port}"}
+        assert request(url, forwarded) == 200  # what jupyter-server-proxy sends: the browser's Host, its context
+        forwarded["X-Forwarded-Context"] = f"/user/bob/proxy/{port}"
+        assert request(url, forwarded) == 403

@@ -6,6 +6,7 @@ from onnx import TensorProto, helper
 
 from helpers.check.runtime import (check_coords, check_coords_fit, check_output_bound, graph_grid,
                                    output_bound_problems)
+from helpers.check.tensor_folder import MANIFEST, manifest_bytes
 from helpers.errors import WorkbookError
 
 
@@ -89,6 +90,7 @@ def test_verify_cli_says_when_the_saved_coords_do_not_fit_the_graph(tmp_path, ca
     np.save(tensors / "coors.npy", coords)
     np.save(tensors / "output.npy", np.zeros((1, 4), np.float32))
     np.save(tensors / "output_int8.npy", np.zeros((1, 4), np.float32))
+    (tensors / MANIFEST).write_bytes(manifest_bytes(graph.read_bytes(), [p.name for p in tensors.iterdir()]))
     assert verify.main([str(graph), "--tensors", str(tensors)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "look like xyz" in err and "coords[:, [0, 3, 2, 1]]" in err

@@ -26,7 +26,7 @@ def saved(tmp_path_factory):
 def test_export_writes_the_fake_quant_output_and_runs_both_re_runs(saved, capsys):
     path, tensors = saved
     assert {p.name for p in tensors.iterdir()} == {"voxels.npy", "coors.npy", "output.npy", "output_int8.npy",
-                                                   "node_stats.npz"}
+                                                   "manifest.json", "node_stats.npz"}
     float_out, int8_out = np.load(tensors / "output.npy"), np.load(tensors / "output_int8.npy")
     assert int8_out.dtype == np.float32 and int8_out.shape == float_out.shape == (1, 256, 128, 128)
     assert not np.array_equal(int8_out, float_out)
@@ -51,7 +51,9 @@ def test_tampered_file_exits_1_naming_the_node(saved, tmp_path, capsys, what):
     onnx.save(tamper(onnx.load(str(path))), str(tmp_path / "tampered.onnx"))
     assert verify([str(tmp_path / "tampered.onnx")]) == 0  # every value is still well formed: the contract passes
     capsys.readouterr()
-    assert verify([str(tmp_path / "tampered.onnx"), "--tensors", str(tensors)]) == 1
+    assert verify([str(tmp_path / "tampered.onnx"), "--tensors", str(tensors)]) == 2  # not the graph of the folder
+    assert "a stale pair" in capsys.readouterr().err
+    assert verify([str(tmp_path / "tampered.onnx"), "--tensors", str(tensors), "--other-graph"]) == 1
     out = capsys.readouterr().out
     print(f"{what}:\n{out}")
     assert "int8 re-run of the file vs the fake-quant PyTorch output" in out and "DISAGREES" in out
@@ -66,7 +68,7 @@ def test_bad_input_exits_2_with_one_line(saved, tmp_path, capsys):
     for name in ("voxels.npy", "coors.npy", "output.npy"):
         (partial / name).write_bytes((tensors / name).read_bytes())
     cases = {(str(tmp_path / "missing.onnx"),): "no such file",
-             (str(tmp_path / "junk.onnx"),): "not an ONNX model",
+             (str(tmp_path / "junk.onnx"),): "not an ONNX file",
              (str(path), "--tensors", str(tmp_path / "nowhere")): "not a folder",
              (str(path), "--tensors", str(partial)): "output_int8.npy: missing"}
     for argv, message in cases.items():

@@ -5,4 +5,5 @@
     compare    compare: cosine and largest absolute difference of two outputs
     int8       run_file: the file re-run as the engine's int8 build computes it (and in float)
     agree      check_file: contract + float and int8 re-runs against PyTorch (both command lines)
+    tensor_folder  the --save-tensors folder: its manifest, and arrays read safely from damaged files
 """

@@ -3,8 +3,9 @@
     check_file(path, reference=None)   contract check; with a Reference also the float and the
                                        int8-faithful re-runs of the file, each against PyTorch
                                        (their outputs stay in Verdict.outputs)
-    save_reference(folder, reference)  what export --save-tensors writes
-    load_reference(folder)             and reads back (python -m helpers.verify FILE --tensors DIR)
+    save_reference(folder, reference)  what export --save-tensors writes (one unit, with its manifest)
+    load_reference(folder, graph)      and reads back (python -m helpers.verify FILE --tensors DIR),
+                                       refusing a folder written for another graph
 
 A Reference holds the voxels, the float PyTorch output (output.npy), the fake-quant PyTorch output
 (output_int8.npy) and a fingerprint of every node's output in both runs (node_stats.npz), so a
@@ -21,8 +22,9 @@ import torch
 from helpers.check import int8 as executor
 from helpers.check.compare import compare as compare_outputs
 from helpers.check.contract import check_contract
+from helpers.check.tensor_folder import MANIFEST, check_manifest, manifest_bytes, read_npy, read_npz
 from helpers.errors import WorkbookError
-from helpers.files import write_atomic
+from helpers.files import write_folder_atomic
 from helpers.onnx_file import load_onnx
 
 COSINE_MIN = 0.9999  # the re-runs must point the same way as PyTorch's outputs
@@ -54,9 +56,10 @@ class Verdict:
     outputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # "float"/"int8" -> the file's re-run output
 
 
-def tensor_files(reference: Reference) -> Dict[str, bytes]:
+def tensor_files(reference: Reference, graph: Optional[bytes] = None) -> Dict[str, bytes]:
     """File name -> bytes of a --save-tensors folder: voxels.npy (fp16), coors.npy (int32), output.npy and
-    output_int8.npy (float32), node_stats.npz (every node's channel stats in both runs, and the dtype)."""
+    output_int8.npy (float32), node_stats.npz (every node's channel stats in both runs, and the dtype), and
+    with the graph's bytes manifest.json, which names that graph (verify refuses the folder beside another)."""
     def npy(array):
         buffer = io.BytesIO()
         np.save(buffer, array)
@@ -64,57 +67,72 @@ def tensor_files(reference: Reference) -> Dict[str, bytes]:
     stats = io.BytesIO()
     arrays = {f"{mode}/{node}": value for mode, nodes in reference.stats.items() for node, value in nodes.items()}
     np.savez(stats, dtype=np.array(reference.dtype), device=np.array(reference.device), **arrays)
-    return {"voxels.npy": npy(reference.voxels.half().cpu().numpy()),
-            "coors.npy": npy(reference.coords.int().cpu().numpy()),
-            "output.npy": npy(reference.output.float().cpu().numpy()),
-            "output_int8.npy": npy(reference.output_int8.float().cpu().numpy()),
-            "node_stats.npz": stats.getvalue()}
+    files = {"voxels.npy": npy(reference.voxels.half().cpu().numpy()),
+             "coors.npy": npy(reference.coords.int().cpu().numpy()),
+             "output.npy": npy(reference.output.float().cpu().numpy()),
+             "output_int8.npy": npy(reference.output_int8.float().cpu().numpy()),
+             "node_stats.npz": stats.getvalue()}
+    if graph is not None:
+        files[MANIFEST] = manifest_bytes(graph, files)
+    return files
 
 
-def save_reference(folder, reference: Reference):
-    """Write the --save-tensors folder, each file atomically."""
-    for name, data in tensor_files(reference).items():
-        write_atomic(Path(folder) / name, data)
+def save_reference(folder, reference: Reference, graph: Optional[bytes] = None):
+    """Write the --save-tensors folder (with the graph's bytes: and its manifest) as one unit."""
+    write_folder_atomic(folder, tensor_files(reference, graph))
 
 
-def load_reference(folder) -> Reference:
-    """Read a --save-tensors folder; a missing or malformed file is bad input (WorkbookError)."""
+def load_reference(folder, graph=None) -> Reference:
+    """Read a --save-tensors folder; a missing, malformed or (with `graph`, its path) stale file is bad input."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WorkbookError(f"--tensors {folder}: not a folder; expected the folder written by "
                             "python -m helpers.export --save-tensors DIR")
-    arrays = {}
     for name in FILES:
-        path = folder / name
-        if not path.is_file():
+        if not (folder / name).is_file():
             hint = " (written since the int8 check exists: export again)" if name == "output_int8.npy" else ""
-            raise WorkbookError(f"{path}: missing; expected {', '.join(FILES)} from python -m helpers.export "
-                                f"--save-tensors{hint}")
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise WorkbookError(f"{path}: not a .npy array ({type(err).__name__}); export it again with "
-                                "--save-tensors") from None
+            raise WorkbookError(f"{folder / name}: missing; expected {', '.join(FILES)} from python -m "
+                                f"helpers.export --save-tensors{hint}")
+    if graph is not None:
+        check_manifest(folder, graph)
+    arrays = {name: read_npy(folder / name) for name in FILES}
     voxels, coords = arrays["voxels.npy"], arrays["coors.npy"]
     if voxels.ndim != 2 or coords.ndim != 2 or coords.shape != (len(voxels), 4):
         raise WorkbookError(f"{folder}: voxels.npy {list(voxels.shape)} and coors.npy {list(coords.shape)} do not "
                             "match; expected [N, C_in] and [N, 4]; export them again with --save-tensors")
+    for name, kinds in (("voxels.npy", "f"), ("coors.npy", "iu"), ("output.npy", "f"), ("output_int8.npy", "f")):
+        if arrays[name].dtype.kind not in kinds:
+            raise WorkbookError(f"{folder / name}: dtype {arrays[name].dtype}, expected "
+                                f"{'integers' if kinds == 'iu' else 'floats'}; export it again with --save-tensors")
     if arrays["output.npy"].shape != arrays["output_int8.npy"].shape:
         raise WorkbookError(f"{folder}: output.npy and output_int8.npy have different shapes; export again")
     stats, dtype, device = {}, "float32", "cpu"
     if (folder / "node_stats.npz").is_file():
-        with np.load(folder / "node_stats.npz", allow_pickle=False) as saved:
-            for key in saved.files:
-                if key == "dtype":
-                    dtype = str(saved[key])
-                elif key == "device":
-                    device = str(saved[key])
-                else:
-                    mode, _, node = key.partition("/")
-                    stats.setdefault(mode, {})[node] = saved[key]
+        stats, dtype, device = read_node_stats(folder / "node_stats.npz")
     return Reference(torch.from_numpy(voxels.astype(np.float32)), torch.from_numpy(coords.astype(np.int32)),
                      torch.from_numpy(arrays["output.npy"].astype(np.float32)),
                      torch.from_numpy(arrays["output_int8.npy"].astype(np.float32)), stats, dtype, device)
+
+
+def read_node_stats(path: Path):
+    """(stats, dtype, device) from node_stats.npz: "float"/"int8" -> node -> [2, C] floats; the run's dtype
+    ("float32"/"float16") and device ("cpu"/"cuda"), each checked against what export writes."""
+    stats, dtype, device = {}, "float32", "cpu"
+    for key, value in read_npz(path).items():
+        if key in ("dtype", "device"):
+            text = str(value) if value.dtype.kind == "U" and value.ndim == 0 else None
+            allowed = NODE_TOLERANCE if key == "dtype" else ("cpu", "cuda")
+            if text not in allowed:
+                raise WorkbookError(f"{path}: {key} is {str(value)[:40]!r}, expected one of {sorted(allowed)}; "
+                                    "export it again with --save-tensors")
+            dtype, device = (text, device) if key == "dtype" else (dtype, text)
+            continue
+        mode, _, node = key.partition("/")
+        if mode not in ("float", "int8") or value.ndim != 2 or value.shape[0] != 2 or value.dtype.kind != "f":
+            raise WorkbookError(f"{path}: entry {key[:40]!r} is {value.dtype} {list(value.shape)[:4]}, expected "
+                                "'float/NODE' or 'int8/NODE' with [2, C] floats; export it again with --save-tensors")
+        stats.setdefault(mode, {})[node] = value.astype(np.float64)
+    return stats, dtype, device
 
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor) -> Dict[str, float]:
@@ -135,14 +153,14 @@ def rerun(model, reference: Reference, mode: str, device: torch.device, on_node:
         record(node, output)
         if on_node is not None:
             on_node(mode, node, output)
+    expected = reference.output if mode == "float" else reference.output_int8
     try:
         output = executor.run_file(model, reference.voxels.to(device), reference.coords.to(device),
                                    int8=(mode == "int8"), dtype=getattr(torch, reference.dtype),
-                                   on_node=each_node)  # in PyTorch's own dtype
+                                   on_node=each_node, max_values=expected.numel())  # in PyTorch's own dtype
     except executor.NotExecutable as err:
         return dict(ok=False, cosine=0.0, max_abs=float("inf"), node=str(err).split(":")[0], error=str(err),
                     output=None)
-    expected = reference.output if mode == "float" else reference.output_int8
     figures = compare(expected, output)
     ok = figures["cosine"] >= COSINE_MIN
     if mode == "float" and reference.dtype == "float32" and output.dtype == torch.float32:

@@ -4,15 +4,16 @@ The contract is docs/ONNX_CONTRACT.md: what the engine's ONNX parser reads. It i
 on its own, and not imported from the exporter, so that a naming or typing bug in the exporter is
 caught here instead of being agreed with. The parser reads each attribute through an accessor of one
 ONNX type; an attribute that is missing, or stored with another type, silently reads as 0, "" or [].
-So the checker checks each attribute's type, not only that it is there.
+So the checker checks each attribute's type, not only that it is there, and reads an attribute's value
+only when its type is the one the parser reads (a damaged file cannot crash the checker). Attributes
+whose value the contract fixes (`inverse`, `groups`, Transpose's `dims`, ...) are checked against it.
 """
 import math
 from typing import Dict, List, Optional
 
-import numpy as np
 from onnx import AttributeProto, TensorProto
 
-from helpers.onnx_file import attributes, load_onnx
+from helpers.onnx_file import load_onnx
 
 INT, INTS, FLOAT, FLOATS, STRING = (AttributeProto.INT, AttributeProto.INTS, AttributeProto.FLOAT,
                                     AttributeProto.FLOATS, AttributeProto.STRING)
@@ -42,20 +43,46 @@ OP_COUNTS = {"bevfusion": BEVFUSION_OPS, "centerpoint": CENTERPOINT_OPS,  # netw
 
 
 def type_name(kind: int) -> str:
-    return AttributeProto.AttributeType.Name(kind)  # 7 -> "INTS"
+    return AttributeProto.AttributeType.Name(kind) if kind in AttributeProto.AttributeType.values() else str(kind)
+
+
+def typed_attributes(node) -> dict:
+    """The node's attributes that the contract names, read only where their ONNX type is the parser's:
+    an attribute of another type is left out (attribute_problems names it), so no value of a surprising
+    type (a TensorProto, a list of bytes) reaches the checks below."""
+    wanted = {**INT8_RANGES.get(node.op_type, {}), **OPTIONAL.get(node.op_type, {}), **REQUIRED.get(node.op_type, {})}
+    values = {}
+    for x in node.attribute:
+        kind = wanted.get(x.name)
+        if kind is None or x.type != kind:
+            continue
+        if kind == INT:
+            values[x.name] = x.i
+        elif kind == INTS:
+            values[x.name] = list(x.ints)
+        elif kind == FLOAT:
+            values[x.name] = x.f
+        elif kind == FLOATS:
+            values[x.name] = list(x.floats)
+        else:
+            values[x.name] = x.s.decode("utf-8", "replace")
+    return values
 
 
 def check_contract(model, op_counts: Optional[Dict[str, int]] = None, int8: Optional[bool] = None) -> List[str]:
     """Every violation of the contract, as readable sentences. `int8=None` infers it from the file."""
     g = load_onnx(model).graph
     problems: List[str] = []
-    values = [attributes(n) for n in g.node]
+    values = [typed_attributes(n) for n in g.node]
     if int8 is None:
         int8 = any(a.get("precision") == "int8" for a in values)
     problems += graph_problems(g, values, int8)
     problems += layout_problems(g, values)
     inits = {t.name: t for t in g.initializer}
     counters, produced_by = {}, {"0": "input"}
+    formats = [a.get("format") for n, a in zip(g.node, values) if n.op_type == "ScatterDense"]
+    layout = formats[0] if formats else None  # the voxel order fixes Transpose's dims
+    dense = None  # the shape of the dense map after ScatterDense (and Transpose): fixes Reshape's dims
     for i, (node, a) in enumerate(zip(g.node, values)):
         where = f"node {node.name or i} ({node.op_type})"
         if node.op_type not in REQUIRED:
@@ -77,6 +104,8 @@ def check_contract(model, op_counts: Optional[Dict[str, int]] = None, int8: Opti
             problems.append(f"{where}: a Relu must follow an Add; fuse ReLUs after convs (activation='ReLU')")
         if node.op_type == "ScatterDense" and a.get("format") not in ("xyz", "zyx"):
             problems.append(f"{where}: format must be 'xyz' or 'zyx'")
+        found, dense = fixed_problems(node, a, layout, dense)
+        problems += [f"{where}: {p}" for p in found]
         produced_by[node.output[0] if node.output else ""] = node.op_type
     if op_counts is not None:
         found = {op: sum(n.op_type == op for n in g.node) for op in op_counts}
@@ -190,6 +219,57 @@ def attribute_problems(node, a: dict, int8: bool) -> List[str]:
     return problems
 
 
+TRANSPOSE_DIMS = {"xyz": [0, 1, 4, 2, 3], "zyx": [0, 1, 2, 4, 3]}  # [1, C, a, b, c] -> [1, C, z, ., .]
+CONV_FIXED = dict(ndim=3, groups=1, transposed=0, inverse=0, output_padding=[0, 0, 0])  # one SCN conv
+
+
+def per_axis(values, low: int) -> bool:
+    """Three ints (one per axis), each >= low."""
+    return isinstance(values, list) and len(values) == 3 and all(v >= low for v in values)
+
+
+def fixed_problems(node, a: dict, layout: Optional[str], dense: Optional[list]):
+    """Attributes whose values the contract fixes: (problems, the dense shape after this node)."""
+    problems = []
+    if node.op_type == "SparseConvolution":
+        for name, value in CONV_FIXED.items():
+            if name in a and a[name] != value:
+                problems.append(f"attribute {name!r} is {a[name]}, the contract fixes it at {value}")
+        for name, low in dict(kernel_size=1, stride=1, dilation=1, padding=0, input_spatial_shape=1,
+                              output_spatial_shape=1).items():
+            if name in a and not per_axis(a[name], low):
+                problems.append(f"attribute {name!r} is {a[name][:6]}, expected 3 values (one per axis), each >= {low}")
+        if a.get("subm", 0) not in (0, 1):
+            problems.append(f"attribute 'subm' is {a['subm']}, expected 0 or 1")
+        if a.get("output_bound", 1) < 1:
+            problems.append(f"attribute 'output_bound' is {a['output_bound']}, expected >= 1")
+        for name in ("in_channels", "out_channels"):
+            if a.get(name, 1) < 1:
+                problems.append(f"attribute {name!r} is {a[name]}, expected >= 1")
+    elif node.op_type == "ScatterDense":
+        grid, shape = a.get("input_spatial_shape"), a.get("output_shape")
+        if grid is not None and not per_axis(grid, 1):
+            problems.append(f"attribute 'input_spatial_shape' is {grid[:6]}, expected 3 values, each >= 1")
+        elif shape is not None:
+            if len(shape) != 5 or shape[0] != 1 or shape[1] < 1 or (grid is not None and shape[2:] != grid):
+                problems.append(f"attribute 'output_shape' is {shape[:6]}, expected [1, C] + input_spatial_shape")
+            else:
+                return problems, shape
+    elif node.op_type == "Transpose" and "dims" in a:
+        allowed = [TRANSPOSE_DIMS[layout]] if layout in TRANSPOSE_DIMS else list(TRANSPOSE_DIMS.values())
+        if a["dims"] not in allowed:
+            problems.append(f"attribute 'dims' is {a['dims'][:6]}, the contract fixes it at "
+                            f"{' or '.join(map(str, allowed))}")
+        elif dense is not None:
+            return problems, [dense[i] for i in a["dims"]]
+        return problems, None
+    elif node.op_type == "Reshape" and "dims" in a and dense is not None:
+        want = [dense[0], dense[1] * dense[2], dense[3], dense[4]]  # [1, C * z, rows, columns]: the BEV map
+        if a["dims"] != want:
+            problems.append(f"attribute 'dims' is {a['dims'][:6]}, the dense map {dense} fixes it at {want}")
+    return problems, dense if node.op_type in ("Relu", "Add") else None
+
+
 def conv_problems(node, a: dict, inits: dict) -> List[str]:
     """[features, weight, bias] inputs, FLOAT16 raw_data initializers of the right size, rulebook, activation."""
     if len(node.input) != 3:
@@ -202,10 +282,10 @@ def conv_problems(node, a: dict, inits: dict) -> List[str]:
             problems.append(f"initializer {name} missing")
         elif t.data_type != TensorProto.FLOAT16 or not t.raw_data:
             problems.append(f"initializer {t.name} must be FLOAT16 raw_data")
-        elif list(t.dims) != want:
-            problems.append(f"initializer {t.name} has dims {list(t.dims)}, expected {want}")
-        elif len(t.raw_data) != 2 * int(np.prod(t.dims)):
-            problems.append(f"initializer {t.name} holds {len(t.raw_data)} bytes, expected {2 * int(np.prod(t.dims))}")
+        elif list(t.dims) != want or any(d < 0 for d in t.dims):
+            problems.append(f"initializer {t.name} has dims {list(t.dims)[:8]}, expected {want}")
+        elif len(t.raw_data) != 2 * math.prod(t.dims):  # Python ints: dims that wrap int64 cannot match
+            problems.append(f"initializer {t.name} holds {len(t.raw_data)} bytes, expected {2 * math.prod(t.dims)}")
     if a.get("subm") == 1 and not a.get("rulebook"):
         problems.append("a submanifold conv needs a non-empty rulebook")
     if a.get("activation") not in ("ReLU", "None"):

@@ -22,6 +22,7 @@ Where one tensor has two int8 readers (a block's input feeds conv1 and the add),
 with its own range, as the fake-quant model does. The first conv's `input_spatial_shape` stands for the
 grid that the application hands the engine at run time.
 """
+import math
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
@@ -75,7 +76,9 @@ def string(node, name):
 
 def fp16_initializer(tensor: TensorProto, node_name: str) -> torch.Tensor:
     """A FLOAT16 raw_data initializer as fp32 (exact); anything else is what the engine cannot use."""
-    size = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    size = math.prod(tensor.dims)  # Python ints: dims that wrap around in int64 cannot match the bytes
+    if any(d < 0 for d in tensor.dims):
+        raise NotExecutable(f"{node_name}: initializer {tensor.name} has negative dims {list(tensor.dims)[:8]}")
     if tensor.data_type != TensorProto.FLOAT16 or len(tensor.raw_data) != 2 * size:
         raise NotExecutable(f"{node_name}: initializer {tensor.name} is not FLOAT16 raw_data of {size} values "
                             f"({2 * size} bytes); the engine would build this layer with empty weights")
@@ -177,8 +180,14 @@ def add(node, a: torch.Tensor, b: torch.Tensor, int8: bool) -> torch.Tensor:
     return a + b
 
 
-def scatter_dense(node, x: spconv.SparseConvTensor) -> torch.Tensor:
+MAX_DENSE = 1 << 31  # values of a dense map spconv can index; a re-run checked against an output allows its size
+
+
+def scatter_dense(node, x: spconv.SparseConvTensor, max_values: int = MAX_DENSE) -> torch.Tensor:
     shape = ints(node, "output_shape")
+    if math.prod(shape) > max_values:  # checked before the map is allocated: the file's claim alone
+        raise NotExecutable(f"{node.name}: output_shape {shape[:6]} holds {math.prod(shape)} values, more than "
+                            f"the {max_values} of the output it is checked against; refusing to allocate it")
     if string(node, "format") not in ("xyz", "zyx"):
         raise NotExecutable(f"{node.name}: format {string(node, 'format')!r}, expected 'xyz' or 'zyx'")
     if list(x.spatial_shape) != ints(node, "input_spatial_shape"):
@@ -190,18 +199,54 @@ def scatter_dense(node, x: spconv.SparseConvTensor) -> torch.Tensor:
     return y
 
 
+# ----------------------------------------------------------------------------- before a node runs
+def check_runnable(node, x, weight: Optional[torch.Tensor] = None) -> None:
+    """Raise NotExecutable (naming the node and the attribute) for values spconv or torch cannot run with.
+
+    The contract check already lists these; here they stop the re-run with a verdict instead of a crash
+    deep inside spconv. Values are read as the engine reads them (another type reads as 0 / [] / "")."""
+    op = node.op_type
+    if op == "SparseConvolution":
+        for name, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+            values = ints(node, name)
+            if len(values) != 3 or min(values) < low:
+                raise NotExecutable(f"{node.name}: {name} reads as {values[:6]}; expected 3 values, each >= {low}")
+        if weight is not None and (weight.dim() != 5 or list(weight.shape[1:4]) != ints(node, "kernel_size")):
+            raise NotExecutable(f"{node.name}: weight dims {list(weight.shape)} do not match kernel_size "
+                                f"{ints(node, 'kernel_size')}; expected [C_out, k0, k1, k2, C_in]")
+    elif op == "Transpose":
+        dims = ints(node, "dims")
+        if sorted(dims) != list(range(x.dim())):
+            raise NotExecutable(f"{node.name}: dims {dims[:8]} is not an order of the input's {x.dim()} axes")
+    elif op == "Reshape":
+        dims = ints(node, "dims")
+        if not dims or min(dims) < 1 or math.prod(dims) != x.numel():
+            raise NotExecutable(f"{node.name}: dims {dims[:8]} do not hold the input's {x.numel()} values "
+                                f"(shape {list(x.shape)})")
+
+
+def check_grid(node) -> List[int]:
+    """The first conv's input_spatial_shape as the engine reads it: 3 values, each >= 1."""
+    grid = ints(node, "input_spatial_shape")
+    if len(grid) != 3 or min(grid) < 1:
+        raise NotExecutable(f"{node.name}: input_spatial_shape reads as {grid[:6]}; expected 3 values, each >= 1 "
+                            "(the grid the application hands the engine)")
+    return grid
+
+
 # ----------------------------------------------------------------------------- the graph
 @torch.no_grad()
 def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = True, dtype: torch.dtype = None,
              accumulate: str = "float", on_node: Optional[Callable] = None,
-             on_conv: Optional[Callable] = None) -> torch.Tensor:
+             on_conv: Optional[Callable] = None, max_values: int = MAX_DENSE) -> torch.Tensor:
     """Execute a saved SCN graph on (voxels [N, C_in], coords [N, 4] int32); return its output.
 
     int8=True: every int8 layer quantizes with the file's dynamic ranges (the engine's int8 build);
     int8=False: the float graph. `dtype` defaults to fp16 on a GPU, fp32 on the CPU. The graph input is
     FLOAT16, so the voxels are rounded to fp16 first. `on_node(node, output)` sees each node's output
     (features [M, C] of a sparse tensor, or the dense tensor); `on_conv(node, x, weight, bias)` sees each
-    SparseConvolution's input sparse tensor and its fp32 weight and bias before the conv runs.
+    SparseConvolution's input sparse tensor and its fp32 weight and bias before the conv runs. `max_values`:
+    the most values the dense map may hold (a file that claims a larger grid is refused before allocating it).
     """
     if accumulate not in ("float", "int32"):
         raise WorkbookError(f"accumulate={accumulate!r}; expected 'float' or 'int32'")
@@ -213,10 +258,10 @@ def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = Tru
     if not graph.node:
         raise NotExecutable("the graph has no nodes")
     inits = {t.name: t for t in graph.initializer}
-    first = graph.node[0]
-    values: Dict[str, Union[spconv.SparseConvTensor, torch.Tensor]] = {
+    grid = check_grid(graph.node[0])
+    values: Dict[str, Union[spconv.SparseConvTensor, torch.Tensor]] = {  # any memory order in, rows out
         graph.input[0].name if graph.input else "0": spconv.SparseConvTensor(
-            voxels.half().to(dtype), coords.int(), ints(first, "input_spatial_shape"), 1)}
+            voxels.half().to(dtype).contiguous(), coords.int().contiguous(), grid, 1)}
     for node in graph.node:
         try:
             inputs = [values[name] for name in node.input if name not in inits]
@@ -231,6 +276,7 @@ def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = Tru
                 raise NotExecutable(f"{node.name}: inputs must be [features, weight, bias] with both initializers")
             weight = fp16_initializer(inits[node.input[1]], node.name)  # [C_out, k0, k1, k2, C_in]
             bias = fp16_initializer(inits[node.input[2]], node.name)  # [C_out]
+            check_runnable(node, x, weight)
             if on_conv is not None:
                 on_conv(node, x, weight, bias)
             y = sparse_conv(node, x, weight, bias, int8 and is_int8(node), accumulate)
@@ -241,10 +287,12 @@ def run_file(model, voxels: torch.Tensor, coords: torch.Tensor, int8: bool = Tru
         elif op == "Relu":
             y = x.replace_feature(torch.relu(x.features))
         elif op == "ScatterDense":
-            y = scatter_dense(node, x)
+            y = scatter_dense(node, x, max_values)
         elif op == "Transpose":
+            check_runnable(node, x)
             y = x.permute(*ints(node, "dims"))
         elif op == "Reshape":
+            check_runnable(node, x)
             y = x.reshape(*ints(node, "dims"))
         else:
             raise NotExecutable(f"{node.name}: op type {op!r} is not read by the engine")

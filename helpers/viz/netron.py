@@ -7,6 +7,14 @@ Facts about netron (9.3.x) that shape this module:
   * netron's `/data/<name>` route reads the served model, and any other file of the folder the model
     path names. So the child reads the model into memory and serves those bytes alone: no copy on
     disk, no folder served, nothing in /tmp that a killed kernel could leave behind.
+  * netron writes the model's name into its page unescaped: the child serves the model under
+    `served_name` (letters, digits, '.', '_', '-'), so a file named with markup stays text.
+  * netron answers any `Host:` header, so a page from another site that rebinds its DNS name to
+    127.0.0.1 could read the model. The child answers only loopback names (localhost, 127.0.0.1,
+    [::1]), or a request that carries the X-Forwarded-Context jupyter-server-proxy sets for this port
+    when the view goes through it (the proxy forwards the browser's own Host, e.g. the hub's name).
+  * The port is chosen free, then bound by the child: another process may take it in between. The
+    child prints "serving PORT" only once its own socket listens, and start() waits for that line.
   * The page refuses to show graphs when its build is older than 180 days (it compares
     `<meta name="date">` in its index.html with the browser's clock). `netron_warning()` says so.
   * A fresh browser first shows a cookie-consent dialog; clicking "Accept" (or a cookie
@@ -51,10 +59,12 @@ PROXY_SETTING = "SCN_NETRON_PROXY"
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 # The child process: read the model into memory, serve those bytes alone (no other file of any folder),
-# and stay alive only while the process that started us lives (a killed kernel takes it along).
+# answer only requests addressed to a loopback name (or forwarded by jupyter-server-proxy for this port),
+# say "serving PORT" once its own socket listens, and stay alive only while the process that started us
+# lives (a killed kernel takes it along).
 CHILD_SCRIPT = """
 import os, sys, time
-model, port, name, parent = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+model, port, name, parent, context = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 if os.getppid() != parent:
     sys.exit(0)
 with open(model, "rb") as f:
@@ -62,7 +72,21 @@ with open(model, "rb") as f:
 import netron, netron.server
 # netron reads /data/<path> from the model's folder; serve the model's bytes and nothing else
 netron.server._ContentProvider.read = lambda self, path: self.data if path == self.base and self.data else None
-netron.serve(name, data=data, address=("127.0.0.1", port), browse=False)
+handler = netron.server._HTTPRequestHandler
+answer = handler.do_GET
+def host_name(host):  # "localhost:8080" -> "localhost", "[::1]:8080" -> "[::1]"
+    return host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
+def checked(self):  # a page from another site that rebinds its name to 127.0.0.1 sends its own Host
+    loopback = host_name((self.headers.get("Host") or "").strip().lower()) in ("localhost", "127.0.0.1", "[::1]")
+    proxied = bool(context) and self.headers.get("X-Forwarded-Context") == context
+    if loopback or proxied:
+        return answer(self)
+    self.send_response(403)  # (not send_error: netron's log_message cannot log its arguments)
+    self.send_header("Content-Length", "0")
+    self.end_headers()
+handler.do_GET = checked
+netron.serve(name, data=data, address=("127.0.0.1", port), browse=False)  # raises if the port is taken
+print("serving", port, flush=True)  # only now is the port ours
 while os.getppid() == parent:
     time.sleep(0.5)
 """
@@ -104,6 +128,12 @@ def netron_warning(now: Optional[datetime.datetime] = None) -> Optional[str]:
     return (f"warning: the installed netron was built {netron_build_date():%Y-%m-%d} ({age:.0f} days ago); "
             f"netron refuses to show graphs from builds older than {MAX_BUILD_AGE_DAYS} days: "
             "run `pip install -U netron` and restart the kernel")
+
+
+def served_name(path: Path) -> str:
+    """The name netron puts into its page (unescaped) and its /data/ URL: letters, digits, '.', '_' and '-'
+    only, so a file named with markup or URL characters cannot reach the page as markup."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name)
 
 
 def free_port() -> int:
@@ -253,10 +283,12 @@ class NetronServer:
             raise WorkbookError(f"{self.model_path}: the file is empty; export the ONNX file again")
         if importlib.util.find_spec("netron") is None:
             raise WorkbookError("netron is not installed in this Python; install it with `pip install netron`")
-        self.port = free_port()
+        self.port = free_port()  # free now; the child's "serving PORT" line says it got it (nobody else did)
+        prefix = proxy_prefix(self.proxy)
+        context = f"{prefix}proxy/{self.port}" if prefix is not None else ""  # the X-Forwarded-Context it sets
         command = [sys.executable, "-c", CHILD_SCRIPT, str(self.model_path.resolve()), str(self.port),
-                   self.model_path.name, str(os.getpid())]
-        with tempfile.TemporaryFile() as log:  # netron's messages (an unlinked file: nothing to clean up)
+                   served_name(self.model_path), str(os.getpid()), context]
+        with tempfile.TemporaryFile(mode="a+b") as log:  # netron's messages (unlinked; only appended to)
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             self._at_exit = functools.partial(stop_process, self.process)
             atexit.register(self._at_exit)
@@ -264,9 +296,10 @@ class NetronServer:
         return self
 
     def wait_until_serving(self, log, timeout: float) -> None:
-        """Poll the server's root page until it answers; a clear error if it dies or times out."""
+        """Wait until the child says it listens and its page answers; a clear error if it dies or times out.
+        (A page answering before the child's "serving" line is another process's, on a port taken meanwhile.)"""
         deadline = time.monotonic() + timeout
-        while not http_ok(self.local_url):
+        while not (self.process.poll() is None and self.said_serving(log) and http_ok(self.local_url)):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
                 lines = log.read().decode("utf-8", "replace").strip().splitlines() or ["(no output)"]
@@ -275,6 +308,10 @@ class NetronServer:
                                     f"{timeout:.0f} s (its last words: {lines[-1]}); run again, or check "
                                     "that `python -c 'import netron'` works")
             time.sleep(0.1)
+
+    def said_serving(self, log) -> bool:
+        log.seek(0)
+        return f"serving {self.port}\n".encode() in log.read()
 
     @property
     def local_url(self) -> str:
