@@ -178,7 +178,7 @@ def layout_problems(g, values: List[dict]) -> List[str]:
 def folded_axis(g, values: List[dict], scatter) -> Optional[int]:
     """The spatial axis (0, 1, 2) of ScatterDense's output that the following Transpose and Reshape fold
     into the channels ([N, C, D, H, W] -> [N, C * D, H, W]), or None when no such view follows it."""
-    shape = list(attributes(scatter).get("output_shape", []))  # [N, C, a, b, c]
+    shape = list(typed_attributes(scatter).get("output_shape", []))  # [N, C, a, b, c]
     order = list(range(len(shape)))  # which of the scatter's axes sits at each position
     tensor = scatter.output[0]
     for node, a in zip(g.node, values):
