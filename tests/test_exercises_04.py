@@ -138,3 +138,32 @@ def test_a_hard_coded_answer_fails(book, capsys):
     book.namespace["to_network_order"] = lambda c, layout: torch.tensor([[0, 20, 800, 700]], dtype=torch.int32)
     book.check(3)
     assert "NOT YET" in capsys.readouterr().out
+
+
+# --- the same, in a live kernel that ran the student edition of notebook 04 from top to bottom -------
+WRONG_SOURCES = {
+    1: [("def flatten_handler(tracer, y, x, start_dim=0, end_dim=-1):\n    if tracer.knows(x):\n"
+         "        tracer.add_node('Flatten', [tracer.tensor_id(x)], y, dict(dims=list(y.shape)))\n",
+         ["op type", "Reshape"])],
+    2: [("def repair_file(broken, repaired):\n    model = onnx.load(str(broken))\n"
+         "    for node in model.graph.node:\n        for a in node.attribute:\n"
+         "            if a.name == 'format':\n                a.s = b'zyx'\n"
+         "    onnx.save_model(model, str(repaired))\n", ["still breaks the contract", "expected format"])],
+    3: [("def to_network_order(coords, layout):\n    return coords.flip(1)\n", ["batch column moved"])],
+}
+
+
+def test_wrong_answers_then_the_right_one_in_one_student_kernel():
+    from tests.exercise_support import StudentKernel, results_line
+    with StudentKernel("04_own_network") as kernel:
+        numbers = kernel.exercise_numbers()
+        assert numbers == [1, 2, 3]
+        assert results_line(kernel.last_cell())["exercises"] == {"solved": 0, "total": 3}
+        for number in numbers:
+            assert "NotImplementedError" in kernel.verdict_of_first_run(number)
+            for source, feedback in WRONG_SOURCES[number]:
+                text = kernel.try_answer(number, f"# Exercise {number}\n" + source)
+                assert "NOT YET" in text and all(words in text for words in feedback), text
+            text = kernel.try_answer(number, kernel.solution(number))
+            assert "solved." in text and "NOT YET" not in text, text
+        assert kernel.results()["exercises"] == {"solved": 3, "total": 3}
