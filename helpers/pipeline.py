@@ -27,7 +27,7 @@ from helpers.quant.ranges import dynamic_ranges
 from helpers.support import check_support
 from helpers.trace.handlers import REGISTRY
 from helpers.trace.onnx_build import make_scn_model
-from helpers.trace.registry import tracing
+from helpers.trace.registry import Registry, tracing
 from helpers.trace.tracer import Tracer, check_supported
 
 
@@ -75,30 +75,31 @@ def prepare_scn(model, batches, int8: bool = True, progress: bool = True, layout
 
 
 def trace_scn(model, voxels, coords, on_node: Optional[Callable] = None, ranges: Optional[dict] = None,
-              layout: Optional[str] = None):
+              layout: Optional[str] = None, registry: Registry = REGISTRY):
     """Run the float network once inside `tracing`; every recorded op becomes a node.
 
     Each layer's precision is read from the layer (set_precision); `ranges` is dynamic_ranges(model),
     read here when not given; the ScatterDense format is the network's layout (helpers.layout).
+    `registry` holds the handlers: the workbook's own, or a copy with a handler of yours added.
     """
     layout = network_layout(model, layout)
     check_input_fits(model, coords, layout)
-    names = check_supported(model, REGISTRY, allowed=(TensorQuantizer,))  # module paths, for the log
+    names = check_supported(model, registry, allowed=(TensorQuantizer,))  # module paths, for the log
     if ranges is None:
         ranges = dynamic_ranges(model)  # the int8 layers' amax, read before tracing, in one copy
     tracer = Tracer(on_node=on_node, dynamic_ranges=ranges, layout=layout, module_names=names)
-    with quantizers_disabled(model), torch.no_grad(), tracing(tracer, REGISTRY):
+    with quantizers_disabled(model), torch.no_grad(), tracing(tracer, registry):
         tracer.new_tensor(voxels)  # the graph input is tensor "0"
         output = model(voxels, coords)
     return tracer, output
 
 
 def export_scn(model, voxels, coords, path=None, on_node: Optional[Callable] = None,
-               dtype: Optional[torch.dtype] = None, layout: Optional[str] = None):
+               dtype: Optional[torch.dtype] = None, layout: Optional[str] = None, registry: Registry = REGISTRY):
     """Trace a prepared SCN (see prepare_scn) and build, and optionally save, its graph.
 
     What is int8 and what fp16 is the layers' own precision (prepare_scn / set_precision): the int8
-    layers get their dynamic ranges, the fp16 ones none. `layout` as in prepare_scn.
+    layers get their dynamic ranges, the fp16 ones none. `layout` as in prepare_scn; `registry` as in trace_scn.
     """
     layout = network_layout(model, layout)  # before any work: a contradicting layout is refused here
     check_input_fits(model, coords, layout)
@@ -107,6 +108,6 @@ def export_scn(model, voxels, coords, path=None, on_node: Optional[Callable] = N
     ranges = dynamic_ranges(model)  # read while amax is fp32, before .half()
     model = place(model, voxels.device, dtype)  # in place: the quantizers' amax buffers turn fp16 too
     x = voxels.half().to(dtype)  # the graph input is FLOAT16: trace on exactly the values the engine gets
-    tracer, output = trace_scn(model, x, coords, on_node, ranges, layout)
+    tracer, output = trace_scn(model, x, coords, on_node, ranges, layout, registry)
     proto = make_scn_model(tracer, voxels.shape[1], list(output.shape))
     return ExportResult(proto, tracer, output, save_atomic(proto, path) if path else None)

@@ -1,4 +1,4 @@
-"""What a course needs from notebooks 01 and 02, read from the files (no kernel): exercises with check cells,
+"""What a course needs from notebooks 01, 02 and 04, read from the files (no kernel): exercises with check cells,
 "predict, then run" prompts, English and Chinese headings, and slide metadata on the cells that open a slide."""
 import re
 
@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 from tests.exercise_support import CHECK_CALL, editions
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
-STEMS = ["01_hooks", "02_decorator_trace"]
+STEMS = ["01_hooks", "02_decorator_trace", "04_own_network"]
 
 
 def cells_of(stem):

@@ -116,7 +116,7 @@ def test_hints_come_in_levels_a_nudge_first_then_more_the_last_repeats(capsys):
     assert "no hints for exercise 5" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["exercises_01", "exercises_02", "exercises_03"])
+@pytest.mark.parametrize("module", ["exercises_01", "exercises_02", "exercises_03", "exercises_04"])
 def test_every_exercise_has_levels_and_its_stub_carries_the_first(module):
     import importlib
 
@@ -125,7 +125,8 @@ def test_every_exercise_has_levels_and_its_stub_carries_the_first(module):
     from tests.conftest import ROOT
     from tests.exercise_support import editions
     exercises = importlib.import_module(f"helpers.{module}").EXERCISES
-    stem = {"exercises_01": "01_hooks", "exercises_02": "02_decorator_trace", "exercises_03": "03_export_scn"}[module]
+    stem = {"exercises_01": "01_hooks", "exercises_02": "02_decorator_trace", "exercises_03": "03_export_scn",
+            "exercises_04": "04_own_network"}[module]
     cells = [c.source for c in nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4).cells
              if c.cell_type == "code" and editions.BEGIN in c.source]
     for exercise in exercises:

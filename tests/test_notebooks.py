@@ -71,7 +71,18 @@ def check_03(results: dict):
     assert results["gallery"] == 7  # every "what goes wrong" entry reproduced and asserted
 
 
-CHECKS = {"01_hooks": check_01, "02_decorator_trace": check_02, "03_export_scn": check_03}
+def check_04(results: dict):
+    assert results["nodes"] == 14 and results["output"] == [1, 256, 200, 176]  # OpenPCDet's VoxelBackBone8x
+    assert results["op_counts"] == {"SparseConvolution": 12, "ScatterDense": 1, "Reshape": 1}
+    assert results["contract_problems"] == 0 and results["layout"] == "zyx"
+    assert results["float_max_abs"] == 0.0 and results["int8_max_abs"] == 0.0  # both re-runs of the file, exactly
+    assert results["wrong_format_refused"] is True  # format="xyz" on a zyx network: the contract check says so
+    assert results["unsupported"] == ["pool", "up.0"] and results["fixed_contract_problems"] == 0
+    assert results["flatten_without_handler"] == "ScatterDense"  # no handler: the graph stops before the view
+    assert results["exercises"] == {"solved": 3, "total": 3}
+
+
+CHECKS = {"01_hooks": check_01, "02_decorator_trace": check_02, "03_export_scn": check_03, "04_own_network": check_04}
 
 
 @pytest.mark.parametrize("stem", list(CHECKS))
@@ -102,7 +113,7 @@ def run_all_cells(client, nb) -> dict:
     return results_of(nb)
 
 
-@pytest.mark.parametrize("stem", ["01_hooks", "02_decorator_trace", "03_export_scn"])
+@pytest.mark.parametrize("stem", ["01_hooks", "02_decorator_trace", "03_export_scn", "04_own_network"])
 def test_running_the_notebook_twice_in_one_kernel_gives_the_same_results(stem):
     nb = nbformat.read(notebook_path(stem), as_version=4)
     client = runner.make_client(nb)

@@ -21,7 +21,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-ORDER = ["01_hooks", "02_decorator_trace", "03_export_scn"]  # the workbook, in teaching order
+ORDER = ["01_hooks", "02_decorator_trace", "03_export_scn", "04_own_network"]  # the workbook, in teaching order
 
 
 def make_client(nb: nbformat.NotebookNode, timeout: int = 600, allow_errors: bool = False) -> NotebookClient:

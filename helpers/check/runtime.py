@@ -11,7 +11,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from helpers.check.int8 import ints, string
 from helpers.errors import WorkbookError
 from helpers.onnx_file import attributes, load_onnx
 
@@ -20,6 +19,7 @@ AXES = {"xyz": "xyz", "zyx": "zyx"}  # the coordinate columns after the batch co
 
 def graph_grid(graph) -> tuple:
     """(input grid, layout) of a saved SCN graph: the first conv's input_spatial_shape, ScatterDense's format."""
+    from helpers.check.int8 import ints, string  # here, not at the top: int8 -> model -> layout -> this module
     model = load_onnx(graph)
     convs = [n for n in model.graph.node if n.op_type == "SparseConvolution"]
     dense = [n for n in model.graph.node if n.op_type == "ScatterDense"]
