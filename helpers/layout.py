@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from helpers.check.runtime import check_coords_fit
 from helpers.config import VoxelGrid
 from helpers.errors import WorkbookError
 
@@ -66,5 +67,4 @@ def check_input_fits(model: nn.Module, coords: torch.Tensor, layout: str):
     """Raise a WorkbookError unless every coords row lies inside the network's spatial shape (when it has one)."""
     shape = spatial_shape_of(model)
     if shape is not None:
-        from helpers.check.runtime import check_coords_fit  # here, not at the top: check/ imports model.py, which imports this
         check_coords_fit(coords, shape, layout)
