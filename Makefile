@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # How torch is installed (tools/install.sh): auto (a CUDA build where nvidia-smi lists a GPU, else the CPU build),
-# cpu, cuda, or system (keep the torch $(PYTHON) already has). TORCH_CPU_INDEX: where the CPU build comes from.
-TORCH  ?= auto
+# cpu, cuda, or system (keep the torch $(PYTHON) already has). Unset: the rule .venv was installed with, else auto.
+# TORCH_CPU_INDEX: where the CPU build comes from.
+TORCH  ?=
 export PYTHON VENV TORCH TORCH_CPU_INDEX
 
 .PHONY: run test lab bench export notebooks student slides web-assets system-deps engine-deps engine-runner install \

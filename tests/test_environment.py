@@ -250,3 +250,13 @@ def test_doctor_names_a_driver_too_old_for_torchs_cuda(monkeypatch):
         and "535.104.05" in findings.problems[0]
     monkeypatch.setattr(torch.version, "cuda", None)  # a CPU build beside a GPU: say how to get a CUDA build
     assert "TORCH=cuda" in doctor.find().problems[0]
+
+
+def test_install_without_torch_set_keeps_the_rule_the_venv_was_installed_with(tmp_path):
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".installed").write_text("python=3.11\ntorch=system\nsource=x\n")
+    result = plan(tmp_path, PYTHON=sys.executable)  # TORCH unset, as in `make doctor` after `make install TORCH=system`
+    assert result.returncode == 0, result.stderr
+    assert "torch: system (TORCH=system)" in result.stdout
+    (tmp_path / "venv" / ".installed").unlink()
+    assert "torch: cpu (no NVIDIA GPU seen" in plan(tmp_path, PYTHON=sys.executable).stdout

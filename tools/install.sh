@@ -3,7 +3,8 @@
 # else from requirements.lock (pinned, with hashes), then the project itself (editable), then `doctor`.
 # `make install` runs it; `make run` and `make test` run it once, when .venv is missing or a lock changed.
 #
-#   TORCH=auto    (default) TORCH=cuda when nvidia-smi lists an NVIDIA GPU, else TORCH=cpu
+#   TORCH=auto    (default; unset keeps the rule .venv was installed with) TORCH=cuda when nvidia-smi lists an
+#                 NVIDIA GPU, else TORCH=cpu
 #   TORCH=cpu     torch 2.13.0+cpu, PyTorch's CPU build (about 190 MB). A wheel pip already has at hand (its
 #                 find-links) is taken first; else it comes from TORCH_CPU_INDEX (PyTorch's CPU index, or a
 #                 mirror of it). Where neither has it, PyPI's build is installed instead, with a note: about
@@ -22,7 +23,13 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH=${TORCH:-auto}
+STAMP_FILE=${VENV:-.venv}/.installed
+# Unset TORCH keeps the rule the venv was installed with (so `make doctor` after `make install TORCH=system` does
+# not re-decide), else auto.
+if [ -z "${TORCH:-}" ]; then
+  TORCH=$(sed -n 's/^torch=//p' "$STAMP_FILE" 2>/dev/null)
+  TORCH=${TORCH:-auto}
+fi
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 PLAN=0
 [ "${1:-}" = "--plan" ] && PLAN=1
