@@ -27,7 +27,7 @@ STAMP_FILE=${VENV:-.venv}/.installed
 # Unset TORCH keeps the rule the venv was installed with (so `make doctor` after `make install TORCH=system` does
 # not re-decide), else auto.
 if [ -z "${TORCH:-}" ]; then
-  TORCH=$(sed -n 's/^torch=//p' "$STAMP_FILE" 2>/dev/null)
+  TORCH=$(sed -n 's/^torch=//p' "$STAMP_FILE" 2>/dev/null || true)
   TORCH=${TORCH:-auto}
 fi
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
