@@ -238,8 +238,8 @@ def check_netron(notebook: NotebookPage, copy_root: Path, expected: Expected):
     assert frames.count() == 1, f"{notebook.stem}: expected one Netron iframe in the outputs, found {frames.count()}"
     iframe = frames.first
     src = iframe.get_attribute("src") or ""
-    assert re.fullmatch(rf"{re.escape(BASE_URL)}proxy/\d+/", src), \
-        f"{notebook.stem}: the Netron iframe loads {src!r}, not through the proxy at {BASE_URL}proxy/<port>/"
+    assert re.fullmatch(rf"{re.escape(BASE_URL)}proxy/\d+/[A-Za-z0-9_-]{{32}}/", src), \
+        f"{notebook.stem}: the Netron iframe loads {src!r}, not through the proxy at {BASE_URL}proxy/<port>/<secret>/"
     iframe.scroll_into_view_if_needed()
     model_nodes = len(onnx.load(str(copy_root / expected.model)).graph.node)
     nodes = wait_for_netron_graph(iframe.content_frame, timeout=120)
