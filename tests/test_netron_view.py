@@ -331,6 +331,9 @@ def test_only_the_address_with_the_secret_is_answered(toy_onnx):
             assert request(root + path, {}) == 403, path
             assert request(root + path, forwarded) == 403, path
         assert request(server.local_url, {"Host": "attacker.example"}) == 403  # the secret alone is not enough
+        bob = {"Host": "127.0.0.1:8000", "X-Forwarded-Context": f"/user/bob/proxy/{port}"}  # a hub on loopback
+        assert request(server.local_url, bob) == 403  # bob's proxy, even with alice's secret
+        assert request(other.local_url, {"X-Forwarded-Context": f"/proxy/{other.port}"}) == 403  # direct: no proxy
 
 
 def test_the_secret_is_not_on_the_command_line(toy_onnx):

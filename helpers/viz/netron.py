@@ -18,7 +18,8 @@ Facts about netron (9.3.x) that shape this module:
   * netron answers any `Host:` header, so a page from another site that rebinds its DNS name to
     127.0.0.1 could read the model. The child answers only loopback names (localhost, 127.0.0.1,
     [::1]), or a request that carries the X-Forwarded-Context jupyter-server-proxy sets for this port
-    when the view goes through it (the proxy forwards the browser's own Host, e.g. the hub's name).
+    when the view goes through it (the proxy forwards the browser's own Host, e.g. the hub's name). A request
+    forwarded for another context (another student's proxy) is refused even with a loopback Host and the secret.
   * The port is chosen free, then bound by the child: another process may take it in between. The
     child prints "serving PORT" only once its own socket listens, and start() waits for that line.
   * The page refuses to show graphs when its build is older than 180 days (it compares
@@ -90,9 +91,12 @@ def host_name(host):  # "localhost:8080" -> "localhost", "[::1]:8080" -> "[::1]"
     return host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
 def checked(self):  # a page from another site that rebinds its name to 127.0.0.1 sends its own Host
     loopback = host_name((self.headers.get("Host") or "").strip().lower()) in ("localhost", "127.0.0.1", "[::1]")
-    proxied = bool(context) and self.headers.get("X-Forwarded-Context") == context
+    forwarded = self.headers.get("X-Forwarded-Context")  # set by jupyter-server-proxy: /user/<name>/proxy/<port>
+    # forwarded: only our own Jupyter server's proxy (another student's proxy names its own context, and a hub on
+    # 127.0.0.1 forwards a loopback Host); not forwarded: only loopback names
+    where = forwarded == context if forwarded is not None else loopback
     first, slash, rest = self.path[1:].partition("/")  # "/<secret>/data/x.onnx" -> "<secret>", "/", "data/x.onnx"
-    if hmac.compare_digest(first.encode(), secret) and slash and (loopback or proxied):
+    if hmac.compare_digest(first.encode(), secret) and slash and where and (context or forwarded is None):
         self.path = "/" + rest  # netron answers as if it were at the root
         return answer(self)
     self.send_response(403)  # (not send_error: netron's log_message cannot log its arguments)
