@@ -53,7 +53,12 @@ c.JupyterHub.spawner_class = "simple"  # SimpleLocalProcessSpawner: same OS user
 c.SimpleLocalProcessSpawner.home_dir_template = str(STATE / "home" / "{username}")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab"
-c.Spawner.environment = {"PYTHONPATH": str(ROOT)}  # the notebooks import helpers/ from this checkout
+CPUS = float(os.environ.get("SCN_HUB_CPUS", "2"))  # cores per student (the limits below)
+c.Spawner.environment = {
+    "PYTHONPATH": str(ROOT),  # the notebooks import helpers/ from this checkout
+    "OMP_NUM_THREADS": str(max(1, int(CPUS))),  # a kernel's threads = its cores (docs/TRAINER.md says why)
+    "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep: students computing at once do not fight
+}
 c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "CONDA_ROOT", "CONDA_DEFAULT_ENV",
                      "JUPYTER_CONFIG_PATH", "JUPYTER_PATH"]  # the hub's environment a server keeps (jupyterhub's
                                                              # list, and where extra Jupyter extensions are set up)
@@ -75,8 +80,8 @@ c.Spawner.pre_spawn_hook = copy_notebooks
 
 # --- the limits a trainer sets per student. mem_limit and cpu_limit are enforced only by spawners that run each
 # server in a cgroup (SystemdSpawner, DockerSpawner, KubeSpawner); a local process spawner passes them on as
-# MEM_LIMIT and CPU_LIMIT and JupyterLab's resource display shows them, but nothing stops a student going over.
-c.Spawner.mem_limit = os.environ.get("SCN_HUB_MEM", "3G")  # per student
-c.Spawner.cpu_limit = float(os.environ.get("SCN_HUB_CPUS", "1"))  # cores per student
+# MEM_LIMIT and CPU_LIMIT in the environment, and nothing stops a student going over them.
+c.Spawner.mem_limit = os.environ.get("SCN_HUB_MEM", "4G")  # memory per student
+c.Spawner.cpu_limit = CPUS  # cores per student
 c.JupyterHub.concurrent_spawn_limit = 10  # how many servers may be starting at once
 c.JupyterHub.active_server_limit = int(os.environ.get("SCN_HUB_MAX_SERVERS", "0"))  # 0: no limit
