@@ -14,7 +14,7 @@ and the test fails if a kernel or a netron server had to be killed.
 
 JupyterLab runs as a class server does: under a path prefix (base_url /user/student/, as JupyterHub's single-user
 servers) with jupyter-server-proxy. The kernels learn the prefix from the server (helpers.viz.netron), with no
-setting, so the Netron iframe must load from /user/student/proxy/<port>/ (through the Jupyter server), never
+setting, so the Netron iframe must load from /user/student/proxy/<port>/<secret>/ (through the Jupyter server), never
 from http://127.0.0.1:<port>/, which a student's browser on another machine could not reach.
 
 A notebook that stops its netron server in a clean-up cell (`name.stop()`, `name` from `show_netron`) is run

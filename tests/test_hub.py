@@ -3,9 +3,10 @@ and a student's Netron view answers only through that student's own server with 
 
 The hub runs on 127.0.0.1 with configurable-http-proxy from tools/hub/package-lock.json (`npm ci` into
 build/hub/, once) and jupyterhub from the `test` extra; without either the test is skipped, except in CI
-(CI=true) where it fails. The Netron servers are the workbook's own (NetronServer), started here with each
-student's prefix, as their kernels would start them. Screenshots go to build/hub/.
+(CI=true) where it fails. Each student's Netron view is started by a kernel of their own server (the
+workbook's NetronServer, which finds the prefix in JUPYTERHUB_SERVICE_PREFIX). Screenshots go to build/hub/.
 """
+import dataclasses
 import http.server
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.viz.netron import NetronServer, free_port
+from helpers.viz.netron import free_port
 from tests.browser_support import wait_for_netron_graph
 from tests.conftest import ROOT
 from tests.test_netron_view import CHROMIUM_ARGS, browser, save_model  # noqa: F401 (browser: a fixture)
@@ -54,7 +55,7 @@ def install_proxy() -> None:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """A running JupyterHub on 127.0.0.1, as jupyterhub_config.py sets it up; yields (url, password)."""
+    """A running JupyterHub on 127.0.0.1, as jupyterhub_config.py sets it up; yields (url, password, state folder)."""
     pytest.importorskip("requests")
     try:
         import jupyterhub  # noqa: F401
@@ -74,7 +75,7 @@ def hub(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: status(url + "/hub/health") == 200, 90, "the hub did not answer", state / "hub.log")
-        yield url, password
+        yield url, password, state
     finally:
         process.terminate()  # the hub stops the students' servers and the proxy it started
         try:
@@ -126,13 +127,49 @@ def log_in(url: str, name: str, password: str):
     return session
 
 
+@dataclasses.dataclass
+class View:
+    """A Netron view a student's kernel started: the address its notebook shows, and what the address holds."""
+    url: str  # /user/<name>/proxy/<port>/<secret>/
+    port: int
+    secret: str
+    model_path: Path
+
+
+def start_view(url: str, session, home: Path, name: str) -> View:
+    """Start a kernel in `name`'s server (REST, as JupyterLab does) and serve a model from it with NetronServer."""
+    model = save_model(home, "scn.onnx")
+    reply = session.post(f"{url}/user/{name}/api/sessions", timeout=60,
+                         headers={"X-XSRFToken": session.cookies.get("_xsrf", path=f"/user/{name}/")},
+                         json={"path": "view.ipynb", "type": "notebook", "kernel": {"name": "python3"}})
+    assert reply.status_code == 201, f"{name}: a kernel did not start: {reply.status_code} {reply.text[:200]}"
+    from jupyter_client import BlockingKernelClient
+    kernel = reply.json()["kernel"]["id"]
+    client = BlockingKernelClient(connection_file=str(home / ".local/share/jupyter/runtime" / f"kernel-{kernel}.json"))
+    client.load_connection_file()
+    client.start_channels(hb=False)
+    try:
+        client.wait_for_ready(timeout=120)
+        printed = []
+        code = "from helpers.viz.netron import NetronServer\nview = NetronServer('scn.onnx').start()\nprint(view.url)"
+        done = client.execute_interactive(code, timeout=120, output_hook=lambda msg: printed.append(
+            msg["content"].get("text", "") + msg["content"].get("evalue", "")))
+        assert done["content"]["status"] == "ok", "".join(printed)
+    finally:
+        client.stop_channels()
+    found = re.fullmatch(rf"(/user/{name}/proxy/(\d+)/([A-Za-z0-9_-]{{32}})/)\n", "".join(printed))
+    assert found, f"{name}'s kernel printed {''.join(printed)!r}, not /user/{name}/proxy/<port>/<secret>/"
+    return View(found.group(1), int(found.group(2)), found.group(3), model)
+
+
 @pytest.fixture(scope="module")
-def class_of_two(hub, tmp_path_factory):
-    """ana and ben logged in, each with a Netron server as their kernel would start it."""
-    url, password = hub
-    model = save_model(tmp_path_factory.mktemp("model"), "scn.onnx")
-    with NetronServer(model, proxy="/user/ana/") as ana_view, NetronServer(model, proxy="/user/ben/") as ben_view:
-        yield url, password, log_in(url, "ana", password), log_in(url, "ben", password), ana_view, ben_view
+def class_of_two(hub):
+    """ana and ben logged in, each with a Netron view their own kernel started."""
+    url, password, state = hub
+    ana, ben = log_in(url, "ana", password), log_in(url, "ben", password)
+    ana_view = start_view(url, ana, state / "home" / "ana", "ana")
+    ben_view = start_view(url, ben, state / "home" / "ben", "ben")
+    yield url, password, ana, ben, ana_view, ben_view
 
 
 def test_the_proxy_reaches_any_local_port(class_of_two):
