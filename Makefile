@@ -44,7 +44,7 @@ web-assets: $(STAMP)
 	$(PY) tools/web_assets.py fetch
 
 ## test: every test, notebooks and the browser test included
-test: $(STAMP) system-deps engine-deps web-assets
+test: $(STAMP) system-deps engine-deps web-assets hub-deps
 	$(PY) -m pytest
 
 ## lab: JupyterLab on notebooks/
