@@ -10,7 +10,7 @@ TORCH  ?=
 export PYTHON VENV TORCH TORCH_CPU_INDEX
 
 .PHONY: run test lab bench export notebooks student slides web-assets system-deps engine-deps engine-runner install \
-        doctor lock clean
+        doctor lock clean hub hub-deps
 
 $(STAMP): requirements.lock requirements-torch-cuda.lock pyproject.toml tools/install.sh
 	bash tools/install.sh
@@ -45,12 +45,23 @@ web-assets: $(STAMP)
 	$(PY) tools/web_assets.py fetch
 
 ## test: every test, notebooks and the browser test included
-test: $(STAMP) system-deps engine-deps web-assets
+test: $(STAMP) system-deps engine-deps web-assets hub-deps
 	$(PY) -m pytest
 
 ## lab: JupyterLab on notebooks/
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+## hub-deps: configurable-http-proxy for JupyterHub, pinned by tools/hub/package-lock.json, into build/hub/
+hub-deps: build/hub/node_modules/.bin/configurable-http-proxy
+
+build/hub/node_modules/.bin/configurable-http-proxy: tools/hub/package.json tools/hub/package-lock.json
+	mkdir -p build/hub && cp tools/hub/package.json tools/hub/package-lock.json build/hub/
+	cd build/hub && npm ci --ignore-scripts --no-audit --no-fund
+
+## hub: a JupyterHub class on 127.0.0.1:8000 (jupyterhub_config.py; set SCN_HUB_PASSWORD first: docs/TRAINER.md)
+hub: $(STAMP) hub-deps
+	$(VENV)/bin/jupyterhub -f jupyterhub_config.py
 
 ## bench: speed and memory figures (see docs/BENCHMARKS.md)
 bench: $(STAMP)

@@ -14,7 +14,7 @@ and the test fails if a kernel or a netron server had to be killed.
 
 JupyterLab runs as a class server does: under a path prefix (base_url /user/student/, as JupyterHub's single-user
 servers) with jupyter-server-proxy. The kernels learn the prefix from the server (helpers.viz.netron), with no
-setting, so the Netron iframe must load from /user/student/proxy/<port>/ (through the Jupyter server), never
+setting, so the Netron iframe must load from /user/student/proxy/<port>/<secret>/ (through the Jupyter server), never
 from http://127.0.0.1:<port>/, which a student's browser on another machine could not reach.
 
 A notebook that stops its netron server in a clean-up cell (`name.stop()`, `name` from `show_netron`) is run
@@ -238,8 +238,8 @@ def check_netron(notebook: NotebookPage, copy_root: Path, expected: Expected):
     assert frames.count() == 1, f"{notebook.stem}: expected one Netron iframe in the outputs, found {frames.count()}"
     iframe = frames.first
     src = iframe.get_attribute("src") or ""
-    assert re.fullmatch(rf"{re.escape(BASE_URL)}proxy/\d+/", src), \
-        f"{notebook.stem}: the Netron iframe loads {src!r}, not through the proxy at {BASE_URL}proxy/<port>/"
+    assert re.fullmatch(rf"{re.escape(BASE_URL)}proxy/\d+/[A-Za-z0-9_-]{{32}}/", src), \
+        f"{notebook.stem}: the Netron iframe loads {src!r}, not through the proxy at {BASE_URL}proxy/<port>/<secret>/"
     iframe.scroll_into_view_if_needed()
     model_nodes = len(onnx.load(str(copy_root / expected.model)).graph.node)
     nodes = wait_for_netron_graph(iframe.content_frame, timeout=120)

@@ -86,7 +86,7 @@ def test_test_only_packages_are_not_runtime_dependencies():
     runtime = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
     assert {"pytest", "playwright", "hypothesis"} & runtime == set()
     assert {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["optional-dependencies"]["test"]} == \
-        {"pytest", "playwright", "hypothesis"}
+        {"pytest", "playwright", "hypothesis", "jupyterhub"}  # jupyterhub: tests/test_hub.py
     pinned = set(pins_here(BASE)) | set(pins_here(TORCH_CUDA))
     assert runtime <= pinned, f"runtime dependencies missing from the locks: {runtime - pinned}: run tools/lock.sh"
     assert project["requires-python"] == ">=3.10,<3.14"

@@ -60,7 +60,7 @@ def toy_onnx(tmp_path):
 
 def test_the_server_serves_the_model_alone_on_a_free_port(toy_onnx):
     with NetronServer(toy_onnx) as server:
-        assert server.running and server.url == f"http://127.0.0.1:{server.port}/"
+        assert server.running and server.url == f"http://127.0.0.1:{server.port}/{server.secret}/"
         page = get(server.url).decode("utf-8")
         assert "<title>Netron</title>" in page and '<meta name="file" content="/data/toy.onnx">' in page
         assert get(server.url + "data/toy.onnx") == toy_onnx.read_bytes()
@@ -314,3 +314,31 @@ def test_only_loopback_host_names_or_the_proxy_are_answered(toy_onnx):
         assert request(url, forwarded) == 200  # what jupyter-server-proxy sends: the browser's Host, its context
         forwarded["X-Forwarded-Context"] = f"/user/bob/proxy/{port}"
         assert request(url, forwarded) == 403
+
+
+def test_only_the_address_with_the_secret_is_answered(toy_onnx):
+    """Another student's jupyter-server-proxy reaches any port of 127.0.0.1: without the secret, nothing."""
+    with NetronServer(toy_onnx, proxy="/user/alice/") as server, NetronServer(toy_onnx, proxy=False) as other:
+        port, root = server.port, f"http://127.0.0.1:{server.port}/"
+        assert server.secret != other.secret and len(server.secret) >= 32
+        assert server.url == f"/user/alice/proxy/{port}/{server.secret}/"  # what the notebook shows
+        assert request(server.local_url, {}) == 200 and request(server.local_url + "data/toy.onnx", {}) == 200
+        forwarded = {"Host": "hub.example.org", "X-Forwarded-Context": f"/user/alice/proxy/{port}"}
+        assert request(server.local_url, forwarded) == 200
+        wrong = server.secret[:-1] + ("A" if server.secret[-1] != "A" else "B")
+        for path in ("", "index.html", "data/toy.onnx", f"{wrong}/", f"{wrong}/data/toy.onnx", server.secret,
+                     f"{other.secret}/", f"x/{server.secret}/", f"{server.secret.upper()}/", f"?{server.secret}/"):
+            assert request(root + path, {}) == 403, path
+            assert request(root + path, forwarded) == 403, path
+        assert request(server.local_url, {"Host": "attacker.example"}) == 403  # the secret alone is not enough
+        bob = {"Host": "127.0.0.1:8000", "X-Forwarded-Context": f"/user/bob/proxy/{port}"}  # a hub on loopback
+        assert request(server.local_url, bob) == 403  # bob's proxy, even with alice's secret
+        assert request(other.local_url, {"X-Forwarded-Context": f"/proxy/{other.port}"}) == 403  # direct: no proxy
+
+
+def test_the_secret_is_not_on_the_command_line(toy_onnx):
+    """`ps` shows every process's command line to every OS user; the secret travels in the environment."""
+    with NetronServer(toy_onnx) as server:
+        command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        assert server.secret.encode() not in command
+        assert http_ok(server.local_url) and not http_ok(f"http://127.0.0.1:{server.port}/")

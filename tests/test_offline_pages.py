@@ -77,15 +77,17 @@ def test_the_pages_say_where_netrons_live_view_was():
     """A Netron iframe points at a server of the kernel, gone in a saved page: the pages say so instead."""
     runner = load_tool("execute_notebooks")
     frames = ['<iframe width="100%" height="650" src="http://127.0.0.1:34219/" frameborder="0"></iframe>',
-              '\n<iframe\n  width="100%"\n  src="/user/student/proxy/40911/"\n></iframe>\n']
+              '\n<iframe\n  width="100%"\n  src="/user/student/proxy/40911/"\n></iframe>\n',
+              '<iframe src="http://127.0.0.1:34219/Xq3_-kR2bVw9JtLmN0pAa7sD4fGh5JkL/"></iframe>',
+              '<iframe src="/user/student/proxy/40911/Xq3_-kR2bVw9JtLmN0pAa7sD4fGh5JkL/"></iframe>']
     other = '<iframe src="https://example.org/video"></iframe>'
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
         nbformat.v4.new_output("display_data", data={"text/html": html, "text/plain": "IFrame"})
         for html in frames + [other]])])
     pages = runner.without_live_views(nb)
     shown = [o["data"]["text/html"] for o in pages.cells[0].outputs]
-    assert all("scn-live-view-note" in h and "<iframe" not in h for h in shown[:2]), shown
-    assert shown[2] == other and nb.cells[0].outputs[0]["data"]["text/html"] == frames[0]  # a copy was changed
+    assert all("scn-live-view-note" in h and "<iframe" not in h for h in shown[:4]), shown
+    assert shown[4] == other and nb.cells[0].outputs[0]["data"]["text/html"] == frames[0]  # a copy was changed
 
 
 def test_a_tarball_with_the_wrong_checksum_is_deleted_and_refused(tmp_path):

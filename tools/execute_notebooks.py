@@ -67,7 +67,8 @@ def write_outputs(nb: nbformat.NotebookNode, stem: Path):
     Path(str(stem) + ".html").write_text(body, encoding="utf-8")
 
 
-LIVE_VIEW = re.compile(r'<iframe[^>]*src="(?:http://127\.0\.0\.1:\d+/|[^"]*/proxy/\d+/)"[^>]*>\s*</iframe>')
+LIVE_VIEW = re.compile(r'<iframe[^>]*src="(?:http://127\.0\.0\.1:\d+/|[^"]*/proxy/\d+/)(?:[A-Za-z0-9_-]+/)?"'
+                       r'[^>]*>\s*</iframe>')  # (the server's secret, helpers/viz/netron.py, ends the address)
 LIVE_VIEW_NOTE = ('<div class="scn-live-view-note" style="border:1px dashed #999;padding:8px;color:#555">'
                   'Netron\'s live view was here: it needs the running kernel. Open the notebook in JupyterLab to '
                   'explore the graph; the static picture of the same graph is in this page.</div>')

@@ -9,10 +9,17 @@ Facts about netron (9.3.x) that shape this module:
     disk, no folder served, nothing in /tmp that a killed kernel could leave behind.
   * netron writes the model's name into its page unescaped: the child serves the model under
     `served_name` (letters, digits, '.', '_', '-'), so a file named with markup stays text.
+  * netron answers anyone who can reach its port. On a JupyterHub whose students share one machine,
+    jupyter-server-proxy forwards `/user/<A>/proxy/<port>/` to ANY port of 127.0.0.1, so student A could
+    open student B's view by guessing the port. So every server has a random secret (`secrets.token_urlsafe`),
+    the first segment of every path it answers: `<address>/<secret>/`; anything else gets 403. The secret
+    reaches the child through its environment (readable by its own OS user only), not its command line
+    (which `ps` shows to every user), and the browser learns it from the address the notebook displays.
   * netron answers any `Host:` header, so a page from another site that rebinds its DNS name to
     127.0.0.1 could read the model. The child answers only loopback names (localhost, 127.0.0.1,
     [::1]), or a request that carries the X-Forwarded-Context jupyter-server-proxy sets for this port
-    when the view goes through it (the proxy forwards the browser's own Host, e.g. the hub's name).
+    when the view goes through it (the proxy forwards the browser's own Host, e.g. the hub's name). A request
+    forwarded for another context (another student's proxy) is refused even with a loopback Host and the secret.
   * The port is chosen free, then bound by the child: another process may take it in between. The
     child prints "serving PORT" only once its own socket listens, and start() waits for that line.
   * The page refuses to show graphs when its build is older than 180 days (it compares
@@ -25,7 +32,7 @@ Facts about netron (9.3.x) that shape this module:
 Where the browser finds the server (`netron_url`): netron listens on 127.0.0.1 of the machine that runs
 the kernel. A browser on that machine can open it directly; a browser elsewhere (JupyterHub, a remote
 JupyterLab, a container) must go through the Jupyter server, with jupyter-server-proxy, at
-`<base_url>proxy/<port>/`. The choice, first match wins:
+`<base_url>proxy/<port>/` (each followed by the server's `<secret>/`). The choice, first match wins:
   1. the setting: `show_netron(..., proxy=...)`, else the environment variable SCN_NETRON_PROXY:
      "0" direct, "1" proxied (prefix found as below, else "/"), or a prefix such as "/user/alice/";
   2. JUPYTERHUB_SERVICE_PREFIX (JupyterHub sets it for every single-user server and its kernels);
@@ -42,6 +49,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -57,14 +65,19 @@ MAX_BUILD_AGE_DAYS = 180  # netron's own limit, in browser.js
 HOST = "127.0.0.1"
 PROXY_SETTING = "SCN_NETRON_PROXY"
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+SECRET_VARIABLE = "SCN_NETRON_SECRET"  # how the child learns its secret (environment, not argv: `ps` shows argv)
 
 # The child process: read the model into memory, serve those bytes alone (no other file of any folder),
-# answer only requests addressed to a loopback name (or forwarded by jupyter-server-proxy for this port),
+# answer only paths that begin with /<secret>/ (then netron sees the path without it), addressed to a loopback
+# name (or forwarded by jupyter-server-proxy for this port),
 # say "serving PORT" once its own socket listens, and stay alive only while the process that started us
 # lives (a killed kernel takes it along).
 CHILD_SCRIPT = """
-import os, sys, time
+import hmac, os, sys, time
 model, port, name, parent, context = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+secret = os.environ.pop("SCN_NETRON_SECRET", "").encode()
+if not secret:
+    sys.exit("no secret in SCN_NETRON_SECRET")
 if os.getppid() != parent:
     sys.exit(0)
 with open(model, "rb") as f:
@@ -78,8 +91,13 @@ def host_name(host):  # "localhost:8080" -> "localhost", "[::1]:8080" -> "[::1]"
     return host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
 def checked(self):  # a page from another site that rebinds its name to 127.0.0.1 sends its own Host
     loopback = host_name((self.headers.get("Host") or "").strip().lower()) in ("localhost", "127.0.0.1", "[::1]")
-    proxied = bool(context) and self.headers.get("X-Forwarded-Context") == context
-    if loopback or proxied:
+    forwarded = self.headers.get("X-Forwarded-Context")  # set by jupyter-server-proxy: /user/<name>/proxy/<port>
+    # forwarded: only our own Jupyter server's proxy (another student's proxy names its own context, and a hub on
+    # 127.0.0.1 forwards a loopback Host); not forwarded: only loopback names
+    where = forwarded == context if forwarded is not None else loopback
+    first, slash, rest = self.path[1:].partition("/")  # "/<secret>/data/x.onnx" -> "<secret>", "/", "data/x.onnx"
+    if hmac.compare_digest(first.encode(), secret) and slash and where and (context or forwarded is None):
+        self.path = "/" + rest  # netron answers as if it were at the root
         return answer(self)
     self.send_response(403)  # (not send_error: netron's log_message cannot log its arguments)
     self.send_header("Content-Length", "0")
@@ -250,13 +268,15 @@ def proxy_prefix(setting=None, env: Optional[Mapping[str, str]] = None, server: 
 
 
 def netron_url(port: int, setting=None, env: Optional[Mapping[str, str]] = None,
-               server: Optional[dict] = None) -> str:
+               server: Optional[dict] = None, secret: str = "") -> str:
     """The address a browser should open for the netron server on `port`: direct, or through the Jupyter server.
 
     `server`: the Jupyter server's description ({} for none); None looks it up (`jupyter_server_info`).
+    `secret`: the server's secret, the address's last segment (without it the server answers 403).
     """
     prefix = proxy_prefix(setting, env, server)
-    return f"http://{HOST}:{port}/" if prefix is None else f"{prefix}proxy/{port}/"
+    base = f"http://{HOST}:{port}/" if prefix is None else f"{prefix}proxy/{port}/"
+    return f"{base}{secret}/" if secret else base
 
 
 class NetronServer:
@@ -269,6 +289,7 @@ class NetronServer:
         self.model_path = Path(model_path)
         self.proxy = proxy
         self.port: Optional[int] = None
+        self.secret = secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]: the address's last segment
         self.process: Optional[subprocess.Popen] = None
         self._at_exit = None  # the stop call registered with atexit (holds the process, not self)
 
@@ -288,8 +309,9 @@ class NetronServer:
         context = f"{prefix}proxy/{self.port}" if prefix is not None else ""  # the X-Forwarded-Context it sets
         command = [sys.executable, "-c", CHILD_SCRIPT, str(self.model_path.resolve()), str(self.port),
                    served_name(self.model_path), str(os.getpid()), context]
+        env = {**os.environ, SECRET_VARIABLE: self.secret}
         with tempfile.TemporaryFile(mode="a+b") as log:  # netron's messages (unlinked; only appended to)
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
             self._at_exit = functools.partial(stop_process, self.process)
             atexit.register(self._at_exit)
             self.wait_until_serving(log, timeout)
@@ -315,13 +337,13 @@ class NetronServer:
 
     @property
     def local_url(self) -> str:
-        """The server's address on this machine, e.g. http://127.0.0.1:43123/ ."""
-        return f"http://{HOST}:{self.port}/"
+        """The server's address on this machine, secret included, e.g. http://127.0.0.1:43123/<secret>/ ."""
+        return f"http://{HOST}:{self.port}/{self.secret}/"
 
     @property
     def url(self) -> str:
         """The address a browser should open: direct, or through the Jupyter server (see `netron_url`)."""
-        return netron_url(self.port, self.proxy)
+        return netron_url(self.port, self.proxy, secret=self.secret)
 
     def iframe(self, width="100%", height=600):
         """An IPython IFrame showing this server's page (display it, or make it a cell's last line)."""
