@@ -77,7 +77,7 @@ def test_required_pins():
     assert pins["pytorch-quantization"] == "2.1.3"
     assert pins["jupyter-server-proxy"] == "4.6.0"
     for name in ["onnx", "onnxruntime", "netron", "ipywidgets", "matplotlib", "jupyterlab", "nbclient", "tqdm",
-                 "simpervisor", "pytest", "playwright", "hypothesis", "uv", "setuptools"]:
+                 "simpervisor", "pytest", "playwright", "hypothesis", "uv", "setuptools", "jupyterhub"]:
         assert name in pins, f"{name} is not pinned in requirements.lock for this Python"
 
 
