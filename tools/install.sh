@@ -23,18 +23,17 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-STAMP_FILE=${VENV:-.venv}/.installed
+PY=$VENV/bin/python
+STAMP=$VENV/.installed  # what was installed: python=, torch= (the rule), source=
 # Unset TORCH keeps the rule the venv was installed with (so `make doctor` after `make install TORCH=system` does
 # not re-decide), else auto.
 if [ -z "${TORCH:-}" ]; then
-  TORCH=$(sed -n 's/^torch=//p' "$STAMP_FILE" 2>/dev/null || true)
+  TORCH=$(sed -n 's/^torch=//p' "$STAMP" 2>/dev/null || true)
   TORCH=${TORCH:-auto}
 fi
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 PLAN=0
 [ "${1:-}" = "--plan" ] && PLAN=1
-PY=$VENV/bin/python
-STAMP=$VENV/.installed
 
 fail() { echo "install: $*" >&2; exit 2; }
 note() { echo "install: $*"; }
